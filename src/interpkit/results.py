@@ -1,0 +1,209 @@
+"""``Result``: every analysis returns one. A tensor with named dims, labels and provenance.
+
+``to_json`` / ``from_json`` round-trip exactly: tensors are written with their dtype and shape
+and their values as JSON numbers (float32 and bfloat16 values are exactly representable as the
+float64 numbers JSON carries; NaN and infinities are written as the strings Python's json reads
+back). Files are written atomically (temporary name, then rename).
+
+    >>> import torch
+    >>> from interpkit.results import Result
+    >>> r = Result(torch.zeros(2, 3), ("layer", "pos"), {"layer": ["L0", "L1"]}, metric="logit_diff")
+    >>> r.dims
+    ('layer', 'pos')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from interpkit.errors import ResultError
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT = "interpkit-result/1"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("interpkit", "torch", "transformer-lens", "transformers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def make_provenance(model: Any = None, task: Any = None, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance block: model, task, seed, package versions, time, plus ``extra``."""
+    prov: dict[str, Any] = {}
+    if model is not None:
+        prov.update(model.provenance())
+    if task is not None:
+        prov.update(task.provenance())
+    prov["seed"] = seed
+    prov["versions"] = package_versions()
+    prov["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    prov.update(extra)
+    return prov
+
+
+def _encode_tensor(t: torch.Tensor) -> dict[str, Any]:
+    t = t.detach().cpu()
+    values = t.double().tolist() if t.is_floating_point() else t.tolist()
+    return {"__tensor__": True, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "values": values}
+
+
+def _decode_tensor(obj: dict[str, Any]) -> torch.Tensor:
+    import torch
+
+    dtype = getattr(torch, obj["dtype"], None)
+    if not isinstance(dtype, torch.dtype):
+        raise ResultError(f"unknown tensor dtype {obj['dtype']!r} in result file")
+    values = obj["values"]
+    if dtype.is_floating_point:
+        t = torch.tensor(values, dtype=torch.float64).to(dtype)
+    else:
+        t = torch.tensor(values, dtype=dtype)
+    return t.reshape(obj["shape"])
+
+
+def _encode(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return _encode_tensor(value)
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get("__tensor__"):
+            return _decode_tensor(value)
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclasses.dataclass
+class Result:
+    """Scores with named dimensions, per-dimension labels, metric values and provenance."""
+
+    scores: torch.Tensor
+    dims: tuple[str, ...]
+    labels: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    metric: str | None = None
+    clean_value: float | None = None
+    corrupt_value: float | None = None
+    kind: str = "result"
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dims = tuple(self.dims)
+        if self.scores.ndim != len(self.dims):
+            raise ResultError(f"scores have {self.scores.ndim} dims but {len(self.dims)} names were given: {self.dims}")
+        for dim, names in self.labels.items():
+            if dim not in self.dims:
+                raise ResultError(f"labels for unknown dim {dim!r}; dims are {self.dims}")
+            size = self.scores.shape[self.dims.index(dim)]
+            if len(names) != size:
+                raise ResultError(f"dim {dim!r} has size {size} but {len(names)} labels")
+
+    def normalised(self) -> torch.Tensor:
+        """Scores mapped so that the clean run is 1 and the corrupt run is 0."""
+        from interpkit.metrics import normalise
+
+        if self.clean_value is None or self.corrupt_value is None:
+            raise ResultError("this result has no clean/corrupt metric values to normalise by")
+        return normalise(self.scores.double(), float(self.clean_value), float(self.corrupt_value)).to(self.scores.dtype)
+
+    def label_of(self, index: tuple[int, ...]) -> str:
+        """A readable label for one entry, e.g. ``layer=L3, head=H5``."""
+        parts = []
+        for dim, i in zip(self.dims, index, strict=True):
+            names = self.labels.get(dim)
+            parts.append(f"{dim}={names[i] if names else i}")
+        return ", ".join(parts)
+
+    def top(self, k: int = 10, by_abs: bool = True) -> list[tuple[str, float]]:
+        """The ``k`` largest entries (by magnitude unless ``by_abs=False``) with their labels."""
+        import torch
+
+        flat = self.scores.detach().float().reshape(-1)
+        key = flat.abs() if by_abs else flat
+        order = torch.argsort(key, descending=True)[:k]
+        shape = tuple(self.scores.shape)
+        out = []
+        for i in order.tolist():
+            idx = tuple(int(x) for x in torch.unravel_index(torch.tensor(i), shape))
+            out.append((self.label_of(idx), float(flat[i])))
+        return out
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return _encode({"format": FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        if data.get("format") != FORMAT:
+            raise ResultError(f"not an interpkit result (format {data.get('format')!r}, expected {FORMAT!r})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        decoded = _decode({k: v for k, v in data.items() if k in fields})
+        decoded["dims"] = tuple(decoded["dims"])
+        return cls(**decoded)
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write the result as JSON (atomically); :meth:`from_json` reads it back exactly."""
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Result:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ResultError(f"cannot read result file {str(path)!r}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def figure(self, **kwargs: Any) -> Any:
+        """A plotly figure of the scores (heatmap for 2-D, bars for 1-D)."""
+        from interpkit.plots import figure_for
+
+        return figure_for(self, **kwargs)
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(s) for s in self.scores.shape)
+        return f"Result({self.kind}: {shape} over {self.dims}, metric={self.metric})"

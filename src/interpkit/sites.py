@@ -1,0 +1,216 @@
+"""Component labels and their hook points.
+
+One naming scheme is used everywhere (results, plots, circuits, the CLI):
+
+=====================  ==========================================  ===========================
+label                  meaning                                     hook point (index)
+=====================  ==========================================  ===========================
+``embed``              token embedding                             ``hook_embed``
+``L3.resid_pre``       residual stream entering block 3            ``blocks.3.hook_resid_pre``
+``L3.resid_mid``       residual after attention, before the MLP    ``blocks.3.hook_resid_mid``
+``L3.resid_post``      residual leaving block 3                    ``blocks.3.hook_resid_post``
+``L3.attn``            attention output of block 3                 ``blocks.3.hook_attn_out``
+``L3.mlp``             MLP output of block 3                       ``blocks.3.hook_mlp_out``
+``L3H5``               head 5's output (``z``, before W_O)         ``blocks.3.attn.hook_z[:, :, 5]``
+``L3H5.q``             head 5's query                              ``blocks.3.attn.hook_q[:, :, 5]``
+``L3H5.k`` / ``.v``    the key / value head that head 5 reads      ``hook_k[:, :, 5 // group]``
+``L3KV1.k`` / ``.v``   key / value head 1 (shared under GQA)       ``blocks.3.attn.hook_k[:, :, 1]``
+``L3H5.pattern``       head 5's attention pattern                  ``blocks.3.attn.hook_pattern[:, 5]``
+``logits``             output logits                               ``hook_unembed``
+=====================  ==========================================  ===========================
+
+``L3.attn_out`` and ``L3.mlp_out`` are accepted and normalised to ``L3.attn`` / ``L3.mlp``.
+Under grouped-query attention, ``L3H5.k`` names the shared key head, so patching it also changes
+the other heads of its group; use ``L3KV1.k`` to make that explicit.
+
+    >>> from interpkit.sites import parse
+    >>> parse("L3H5.k")
+    Site(kind='k', layer=3, head=5)
+    >>> parse("L3H5.k").label
+    'L3H5.k'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+
+from interpkit.errors import SiteError, closest
+
+if TYPE_CHECKING:
+    from interpkit.models import Model
+
+LAYER_KINDS = {
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+}
+HEAD_KINDS = {
+    "z": "blocks.{l}.attn.hook_z",
+    "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k",
+    "v": "blocks.{l}.attn.hook_v",
+    "pattern": "blocks.{l}.attn.hook_pattern",
+}
+KV_KINDS = {"kv_k": "blocks.{l}.attn.hook_k", "kv_v": "blocks.{l}.attn.hook_v"}
+GLOBAL_KINDS = {"embed": "hook_embed", "logits": "hook_unembed"}
+KINDS = (*GLOBAL_KINDS, *LAYER_KINDS, *HEAD_KINDS, *KV_KINDS)
+_SUFFIX = {"attn_out": "attn", "mlp_out": "mlp"}
+_SUFFIX_IN = {"attn": "attn_out", "mlp": "mlp_out", "attn_out": "attn_out", "mlp_out": "mlp_out"}
+
+_LAYER_RE = re.compile(r"^L(\d+)\.(\w+)$")
+_HEAD_RE = re.compile(r"^L(\d+)H(\d+)(?:\.(q|k|v|z|pattern))?$")
+_KV_RE = re.compile(r"^L(\d+)KV(\d+)\.(k|v)$")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Site:
+    """One component of the model: what it is, in which layer, which head."""
+
+    kind: str
+    layer: int | None = None
+    head: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind in GLOBAL_KINDS:
+            return self.kind
+        if self.kind in LAYER_KINDS:
+            return f"L{self.layer}.{_SUFFIX.get(self.kind, self.kind)}"
+        if self.kind in KV_KINDS:
+            return f"L{self.layer}KV{self.head}.{self.kind[-1]}"
+        return f"L{self.layer}H{self.head}" + ("" if self.kind == "z" else f".{self.kind}")
+
+    @property
+    def hook(self) -> str:
+        """The classic TransformerLens hook name this site lives on."""
+        template = {**GLOBAL_KINDS, **LAYER_KINDS, **HEAD_KINDS, **KV_KINDS}[self.kind]
+        return template.format(l=self.layer)
+
+    def head_axis(self) -> int | None:
+        """Axis of the head dimension in the hook's activation, or None for whole-layer sites."""
+        if self.kind == "pattern":
+            return 1
+        return 2 if self.kind in HEAD_KINDS or self.kind in KV_KINDS else None
+
+    def hook_index(self, group_size: int = 1) -> int | None:
+        """Index along ``head_axis`` (query heads map to their shared key/value head)."""
+        if self.kind in ("k", "v"):
+            return self.head // group_size
+        return self.head
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse(label: str) -> Site:
+    """Parse a site label (syntax only; :func:`validate` checks it against a model)."""
+    if not isinstance(label, str):
+        raise SiteError(f"a site label must be a string, got {label!r}")
+    text = label.strip()
+    if text in GLOBAL_KINDS:
+        return Site(text)
+    if m := _HEAD_RE.match(text):
+        return Site(m.group(3) or "z", int(m.group(1)), int(m.group(2)))
+    if m := _KV_RE.match(text):
+        return Site(f"kv_{m.group(3)}", int(m.group(1)), int(m.group(2)))
+    if (m := _LAYER_RE.match(text)) and m.group(2) in {**LAYER_KINDS, **_SUFFIX_IN}:
+        return Site(_SUFFIX_IN.get(m.group(2), m.group(2)), int(m.group(1)))
+    examples = [
+        "embed",
+        "L0.resid_pre",
+        "L0.resid_mid",
+        "L0.resid_post",
+        "L0.attn",
+        "L0.mlp",
+        "L0H0",
+        "L0H0.q",
+        "L0H0.k",
+        "L0H0.v",
+        "L0H0.pattern",
+        "L0KV0.k",
+        "logits",
+    ]
+    near = closest(text, examples, n=3)
+    raise SiteError(
+        f"cannot parse site label {label!r}"
+        + (f"; closest forms: {', '.join(near)}" if near else "")
+        + f". Valid forms: {', '.join(examples)}"
+    )
+
+
+def all_sites(model: Model, kind: str | None = None) -> list[Site]:
+    """Every site of ``kind`` (or of all kinds) that exists in ``model``, in forward order."""
+    if kind is not None and kind not in KINDS:
+        near = closest(kind, KINDS)
+        raise SiteError(
+            f"unknown site kind {kind!r}"
+            + (f"; closest: {', '.join(near)}" if near else "")
+            + f". Kinds: {', '.join(KINDS)}"
+        )
+    c = model.cfg
+    hooks = set(model.hook_names()) | set(model.bridge.hook_dict)
+    out: list[Site] = []
+    kinds = [kind] if kind else list(KINDS)
+    if "embed" in kinds:
+        out.append(Site("embed"))
+    for layer in range(c.n_layers):
+        for k in kinds:
+            if k in LAYER_KINDS:
+                site = Site(k, layer)
+                if site.hook in hooks and not (k == "mlp_out" and c.attn_only):
+                    out.append(site)
+            elif k in HEAD_KINDS:
+                out.extend(Site(k, layer, h) for h in range(c.n_heads))
+            elif k in KV_KINDS:
+                out.extend(Site(k, layer, h) for h in range(c.n_kv_heads))
+    if "logits" in kinds:
+        out.append(Site("logits"))
+    return out
+
+
+def validate(site: Site | str, model: Model) -> Site:
+    """A Site that exists in ``model``; SiteError naming the closest valid labels otherwise."""
+    site = parse(site) if isinstance(site, str) else site
+    c = model.cfg
+    problem = None
+    if site.layer is not None and not 0 <= site.layer < c.n_layers:
+        problem = f"layer {site.layer} is out of range (model has {c.n_layers} layers, 0..{c.n_layers - 1})"
+    elif site.kind in HEAD_KINDS and not 0 <= site.head < c.n_heads:
+        problem = f"head {site.head} is out of range (model has {c.n_heads} heads, 0..{c.n_heads - 1})"
+    elif site.kind in KV_KINDS and not 0 <= site.head < c.n_kv_heads:
+        problem = f"key/value head {site.head} is out of range (model has {c.n_kv_heads}, 0..{c.n_kv_heads - 1})"
+    elif site.kind == "mlp_out" and c.attn_only:
+        problem = "the model is attention-only and has no MLP"
+    elif site.kind not in HEAD_KINDS and site.kind not in KV_KINDS:
+        try:
+            model.resolve_hook(site.hook)
+        except SiteError:
+            problem = f"the model has no hook point {site.hook!r}"
+    if problem:
+        labels = [s.label for s in all_sites(model)]
+        near = closest(site.label, labels)
+        raise SiteError(
+            f"site {site.label!r} is not in {model.name}: {problem}" + (f"; closest: {', '.join(near)}" if near else "")
+        )
+    return site
+
+
+def resolve(model: Model, name: str) -> Site | str:
+    """A site label -> validated Site; a hook name -> its canonical hook name; else SiteError."""
+    try:
+        return validate(parse(name), model)
+    except SiteError as site_error:
+        if name.startswith(("L", "embed", "logits")) and not name.startswith("ln"):
+            raise
+        try:
+            return model.resolve_hook(name)
+        except SiteError:
+            labels = [s.label for s in all_sites(model)] + model.hook_names()
+            near = closest(name, labels)
+            raise SiteError(
+                f"unknown site or hook {name!r}" + (f"; closest: {', '.join(near)}" if near else "")
+            ) from site_error

@@ -1,0 +1,230 @@
+"""``Task``: paired clean and corrupt token batches with the answers a metric reads.
+
+Each example is a clean prompt, a corrupt prompt of the *same token length* (the task is
+rejected otherwise: interpkit never pads one against the other, since that would silently
+misalign positions), an answer token and a wrong token. Examples of different lengths are
+right-padded to a common length; ``answer_pos`` gives each example's last real position and
+``attention_mask`` marks real tokens. Right padding keeps every real token's absolute position,
+and with causal attention the pad tokens after ``answer_pos`` cannot change what is read there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from interpkit.errors import TaskError
+
+if TYPE_CHECKING:
+    import torch
+
+    from interpkit.models import Model
+
+
+@dataclasses.dataclass
+class Task:
+    """A batch of clean/corrupt prompt pairs.
+
+    >>> import interpkit as ik
+    >>> model = ik.load_model("toy-induction")
+    >>> task = ik.tasks.load("induction", model, n=8, seed=0)
+    >>> task.clean.shape == task.corrupt.shape
+    True
+    """
+
+    name: str
+    clean: torch.Tensor  # (batch, pos) long
+    corrupt: torch.Tensor  # (batch, pos) long
+    answer: torch.Tensor  # (batch,) long
+    wrong: torch.Tensor  # (batch,) long
+    answer_pos: torch.Tensor  # (batch,) long: position whose logits the metric reads
+    attention_mask: torch.Tensor  # (batch, pos) long: 1 for real tokens, 0 for padding
+    metric: str = "logit_diff"
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    clean_text: list[str] | None = None
+    corrupt_text: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.clean.shape[0]
+        if n == 0:
+            raise TaskError(f"task {self.name!r} is empty: it has no examples")
+        if self.clean.shape != self.corrupt.shape:
+            raise TaskError(
+                f"task {self.name!r}: clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} differ in shape"
+            )
+        for field in ("answer", "wrong", "answer_pos"):
+            if getattr(self, field).shape != (n,):
+                raise TaskError(
+                    f"task {self.name!r}: {field} must have shape ({n},), got {tuple(getattr(self, field).shape)}"
+                )
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.clean.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.clean.device
+
+    def to(self, device: Any) -> Task:
+        """A copy of the task on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in moved.items():
+            if hasattr(value, "to") and hasattr(value, "shape"):
+                moved[key] = value.to(device)
+        return Task(**moved)
+
+    def subset(self, index: Any) -> Task:
+        """The examples at ``index`` (a slice, list of ints or bool mask), trimmed of unused padding."""
+        import torch
+
+        idx = torch.arange(len(self))[index].reshape(-1)
+        if idx.numel() == 0:
+            raise TaskError(f"subset of task {self.name!r} selects no examples")
+        width = int(self.answer_pos[idx].max()) + 1
+        width = max(width, int(self.attention_mask[idx].sum(1).max()))
+        pick = [i for i in idx.tolist()]
+        return Task(
+            name=self.name,
+            clean=self.clean[idx, :width],
+            corrupt=self.corrupt[idx, :width],
+            answer=self.answer[idx],
+            wrong=self.wrong[idx],
+            answer_pos=self.answer_pos[idx],
+            attention_mask=self.attention_mask[idx, :width],
+            metric=self.metric,
+            params=dict(self.params),
+            clean_text=[self.clean_text[i] for i in pick] if self.clean_text else None,
+            corrupt_text=[self.corrupt_text[i] for i in pick] if self.corrupt_text else None,
+        )
+
+    def hash(self) -> str:
+        """SHA-256 of the task's tokens and answers (what provenance records)."""
+        digest = hashlib.sha256()
+        for t in (self.clean, self.corrupt, self.answer, self.wrong, self.answer_pos):
+            digest.update(str(tuple(t.shape)).encode())
+            digest.update(t.detach().cpu().long().numpy().tobytes())
+        digest.update(self.metric.encode())
+        return digest.hexdigest()
+
+    def provenance(self) -> dict[str, Any]:
+        return {"task": self.name, "task_hash": self.hash(), "n_examples": len(self), "task_params": dict(self.params)}
+
+    def same_positions(self) -> bool:
+        """True when every example reads its answer at the same position (no padding)."""
+        return bool((self.answer_pos == self.answer_pos[0]).all()) and bool(self.attention_mask.all())
+
+
+def from_token_lists(
+    name: str,
+    model: Model | None,
+    clean: Sequence[Sequence[int]],
+    corrupt: Sequence[Sequence[int]],
+    answer: Sequence[int],
+    wrong: Sequence[int],
+    metric: str = "logit_diff",
+    params: dict[str, Any] | None = None,
+    clean_text: list[str] | None = None,
+    corrupt_text: list[str] | None = None,
+    where: Sequence[str] | None = None,
+) -> Task:
+    """Build a Task from per-example token lists, checking every contract of the task format.
+
+    ``where`` names each example for error messages (e.g. ``"line 7"``).
+    """
+    import torch
+
+    n = len(clean)
+    if n == 0:
+        raise TaskError(f"task {name!r} is empty: it has no examples")
+    if not (len(corrupt) == len(answer) == len(wrong) == n):
+        raise TaskError(f"task {name!r}: clean, corrupt, answer and wrong have different counts")
+    where = list(where) if where is not None else [f"example {i}" for i in range(n)]
+    n_ctx = model.cfg.n_ctx if model is not None else None
+    d_vocab = model.cfg.d_vocab if model is not None else None
+    for i in range(n):
+        if len(clean[i]) != len(corrupt[i]):
+            raise TaskError(
+                f"task {name!r}, {where[i]}: clean has {len(clean[i])} tokens but corrupt has {len(corrupt[i])}; "
+                "they must be equal (interpkit rejects rather than pads, so positions stay aligned)"
+            )
+        if len(clean[i]) == 0:
+            raise TaskError(f"task {name!r}, {where[i]}: the prompt has no tokens")
+        if n_ctx is not None and len(clean[i]) > n_ctx:
+            raise TaskError(
+                f"task {name!r}, {where[i]}: {len(clean[i])} tokens is longer than the model context n_ctx={n_ctx}"
+            )
+        ids = [*clean[i], *corrupt[i], answer[i], wrong[i]]
+        if d_vocab is not None and (min(ids) < 0 or max(ids) >= d_vocab):
+            raise TaskError(
+                f"task {name!r}, {where[i]}: token ids must lie in [0, {d_vocab}); got {min(ids)}..{max(ids)}"
+            )
+    width = max(len(c) for c in clean)
+    pad = 0
+    if model is not None and model.tokenizer is not None and model.tokenizer.pad_token_id is not None:
+        pad = model.tokenizer.pad_token_id
+    clean_t = torch.full((n, width), pad, dtype=torch.long)
+    corrupt_t = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i in range(n):
+        length = len(clean[i])
+        clean_t[i, :length] = torch.tensor(list(clean[i]), dtype=torch.long)
+        corrupt_t[i, :length] = torch.tensor(list(corrupt[i]), dtype=torch.long)
+        mask[i, :length] = 1
+    task = Task(
+        name=name,
+        clean=clean_t,
+        corrupt=corrupt_t,
+        answer=torch.tensor(list(answer), dtype=torch.long),
+        wrong=torch.tensor(list(wrong), dtype=torch.long),
+        answer_pos=mask.sum(1) - 1,
+        attention_mask=mask,
+        metric=metric,
+        params=dict(params or {}),
+        clean_text=clean_text,
+        corrupt_text=corrupt_text,
+    )
+    return task.to(model.device) if model is not None else task
+
+
+def from_texts(
+    name: str,
+    model: Model,
+    clean: Sequence[str],
+    corrupt: Sequence[str],
+    answer: Sequence[str],
+    wrong: Sequence[str],
+    metric: str = "logit_diff",
+    params: dict[str, Any] | None = None,
+    where: Sequence[str] | None = None,
+) -> Task:
+    """Tokenize text examples with the model's BOS policy; answers must be single tokens."""
+    model._need_tokenizer()
+    bos = [model.tokenizer.bos_token_id] if model.prepend_bos else []
+    enc = model.tokenizer
+    where = list(where) if where is not None else [f"example {i}" for i in range(len(clean))]
+
+    def single(text: str, w: str) -> int:
+        try:
+            return model.to_single_token(text)
+        except TaskError as exc:
+            raise TaskError(f"task {name!r}, {w}: {exc}") from None
+
+    return from_token_lists(
+        name,
+        model,
+        [bos + enc.encode(t, add_special_tokens=False) for t in clean],
+        [bos + enc.encode(t, add_special_tokens=False) for t in corrupt],
+        [single(a, w) for a, w in zip(answer, where, strict=True)],
+        [single(b, w) for b, w in zip(wrong, where, strict=True)],
+        metric=metric,
+        params=params,
+        clean_text=list(clean),
+        corrupt_text=list(corrupt),
+        where=where,
+    )

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny random models built in code (nothing downloaded) and the shipped toy."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from interpkit.models import Model, boot_native, load_model
+from interpkit.models._load import wrap_hf_model
+
+
+def _tiny_llama_hf(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def _tiny_gpt2_hf(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=89, n_positions=64, n_embd=32, n_layer=2, n_head=4, architectures=["GPT2LMHeadModel"]
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_pair() -> tuple[Model, torch.nn.Module]:
+    """A Llama-like model (RMSNorm, rotary, GQA 6 heads / 2 KV heads) and an untouched HF copy."""
+    hf = _tiny_llama_hf()
+    reference = copy.deepcopy(hf)
+    return wrap_hf_model(hf, None, spec="tiny-llama"), reference
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_pair) -> Model:
+    return tiny_llama_pair[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_pair() -> tuple[Model, torch.nn.Module]:
+    """A GPT-2-like model (LayerNorm, learned positions) and an untouched HF copy."""
+    hf = _tiny_gpt2_hf()
+    reference = copy.deepcopy(hf)
+    return wrap_hf_model(hf, None, spec="tiny-gpt2"), reference
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_pair) -> Model:
+    return tiny_gpt2_pair[0]
+
+
+@pytest.fixture(scope="session")
+def native_tiny() -> Model:
+    fields = {
+        "d_model": 32,
+        "d_head": 8,
+        "n_layers": 2,
+        "n_ctx": 32,
+        "n_heads": 4,
+        "d_vocab": 61,
+        "d_mlp": 64,
+        "act_fn": "gelu",
+        "normalization_type": "LN",
+    }
+    return boot_native(fields, seed=0, spec="native-tiny")
+
+
+@pytest.fixture(scope="session")
+def toy() -> Model:
+    return load_model("toy-induction")
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer():
+    """The embedded model's tokenizer alone (no weights), for text tasks on tiny models."""
+    from interpkit.models._gguf import gguf_tokenizer
+    from interpkit.models._load import embedded_gguf_path
+
+    return gguf_tokenizer(embedded_gguf_path())

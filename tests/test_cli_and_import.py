@@ -1,0 +1,50 @@
+"""The CLI skeleton and the cost of ``import interpkit``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from interpkit.cli import main
+
+
+def test_import_is_light():
+    code = "import time; t = time.perf_counter(); import interpkit, sys; print(time.perf_counter() - t, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False", "import interpkit must not import torch"
+    assert float(out[0]) < 1.0
+
+
+def test_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "toy-induction" in out
+
+
+def test_hooks_and_sites(capsys):
+    assert main(["hooks", "--model", "toy-induction", "--filter", "hook_z"]) == 0
+    assert capsys.readouterr().out.split() == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
+    assert main(["sites", "--model", "toy-induction", "--kind", "z"]) == 0
+    assert "L1H3" in capsys.readouterr().out
+
+
+def test_run_task_json(capsys):
+    assert main(["run-task", "--model", "toy-induction", "--task", "induction", "--n", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_examples"] == 8 and report["clean"] > report["corrupt"]
+
+
+def test_user_errors_exit_2(capsys):
+    assert main(["run-task", "--model", "toy-inductin", "--task", "induction"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("interpkit: error:") and "toy-induction" in err
+    assert main(["run-task", "--model", "toy-induction", "--task", "ioi"]) == 2
+    assert "tokenizer" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "interpkit", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "run-task" in out and "models" in out
