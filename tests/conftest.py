@@ -9,42 +9,13 @@ import torch
 
 from interpkit.models import Model, boot_native, load_model
 from interpkit.models._load import wrap_hf_model
-
-
-def _tiny_llama_hf(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e4},
-        tie_word_embeddings=False,
-        architectures=["LlamaForCausalLM"],
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
-def _tiny_gpt2_hf(seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=89, n_positions=64, n_embd=32, n_layer=2, n_head=4, architectures=["GPT2LMHeadModel"]
-    )
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(config).eval()
+from tiny_models import tiny_gpt2_hf, tiny_llama_hf
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_pair() -> tuple[Model, torch.nn.Module]:
     """A Llama-like model (RMSNorm, rotary, GQA 6 heads / 2 KV heads) and an untouched HF copy."""
-    hf = _tiny_llama_hf()
+    hf = tiny_llama_hf()
     reference = copy.deepcopy(hf)
     return wrap_hf_model(hf, None, spec="tiny-llama"), reference
 
@@ -57,7 +28,7 @@ def tiny_llama(tiny_llama_pair) -> Model:
 @pytest.fixture(scope="session")
 def tiny_gpt2_pair() -> tuple[Model, torch.nn.Module]:
     """A GPT-2-like model (LayerNorm, learned positions) and an untouched HF copy."""
-    hf = _tiny_gpt2_hf()
+    hf = tiny_gpt2_hf()
     reference = copy.deepcopy(hf)
     return wrap_hf_model(hf, None, spec="tiny-gpt2"), reference
 

@@ -10,7 +10,7 @@ import torch
 import interpkit as ik
 from interpkit.errors import DeviceError, HubUnavailableError, ModelLoadError, ModelNotFoundError, SiteError, TaskError
 from interpkit.models import boot_native, load_model, save_native
-from interpkit.models._load import wrap_hf_model
+from tiny_models import tiny_llama_with_tokenizer
 
 
 def test_bridge_logits_equal_hf(tiny_llama_pair, tiny_gpt2_pair):
@@ -169,11 +169,7 @@ def test_generate_sampling_is_seeded(tiny_llama):
 
 
 def test_wrap_tokenizer_bos_policy(embedded_tokenizer):
-    from conftest import _tiny_llama_hf
-
-    hf = _tiny_llama_hf()
-    hf.resize_token_embeddings(49152)
-    model = wrap_hf_model(hf, embedded_tokenizer, spec="tiny-tok")
+    model = tiny_llama_with_tokenizer(embedded_tokenizer)
     assert model.prepend_bos is False  # SmolLM2's tokenizer adds no BOS
     plain = model.to_tokens("hello world")
     with_bos = model.to_tokens("hello world", prepend_bos=True)

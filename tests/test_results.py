@@ -80,8 +80,12 @@ def test_top_and_figures():
     assert isinstance(fig, go.Figure) and fig.data[0].type == "heatmap" and fig.data[0].zmid == 0.0
     bars = Result(torch.tensor([1.0, -1.0]), ("component",), {"component": ["a", "b"]}).figure()
     assert bars.data[0].type == "bar"
-    with pytest.raises(ResultError, match="3-D"):
-        Result(torch.zeros(1, 1, 1), ("a", "b", "c")).figure()
+    with pytest.raises(ResultError, match="0-D"):
+        Result(torch.tensor(1.0), ()).figure()
+    folded = Result(
+        torch.arange(12.0).reshape(2, 3, 2), ("layer", "pos", "head"), {"layer": ["L0", "L1"], "head": ["H0", "H1"]}
+    ).figure()
+    assert list(folded.data[0].y) == ["L0H0", "L0H1", "L1H0", "L1H1"] and folded.data[0].z[1][2] == 5.0
 
 
 def test_provenance_block(toy):

@@ -10,6 +10,7 @@ import torch
 import interpkit as ik
 from interpkit.errors import TaskError
 from interpkit.tasks import from_token_lists, load, load_jsonl, save_jsonl
+from tiny_models import tiny_llama_with_tokenizer
 
 
 def _write(path, rows):
@@ -75,12 +76,7 @@ def test_jsonl_errors_name_the_line(tmp_path, tiny_llama):
 
 
 def test_jsonl_text_needs_single_token_answers(tmp_path, embedded_tokenizer):
-    from conftest import _tiny_llama_hf
-    from interpkit.models._load import wrap_hf_model
-
-    hf = _tiny_llama_hf()
-    hf.resize_token_embeddings(49152)
-    model = wrap_hf_model(hf, embedded_tokenizer, spec="tiny-tok")
+    model = tiny_llama_with_tokenizer(embedded_tokenizer)
     ok = {
         "clean": "When Mary and John went out, John gave it to",
         "corrupt": "When Anna and Paul went out, Paul gave it to",

@@ -5,6 +5,8 @@
     interpkit sites --model toy-induction --kind z     # component labels (L0H1, L1.resid_pre, ...)
     interpkit run-task --model smollm2-135m --task ioi --n 16
                                                        # metric on the clean and corrupt runs
+    interpkit patch --model smollm2-135m --task ioi --site head_out --out runs/ioi-heads
+                                                       # patching sweep -> result.json + report.html
 
 Every subcommand prints a clear one-line error (exit status 2) for a user mistake.
 """
@@ -75,16 +77,10 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
 
 def cmd_run_task(args: argparse.Namespace) -> int:
-    from interpkit import tasks
     from interpkit.metrics import clean_and_corrupt
 
     model = _load(args)
-    params = _parse_params(args.param)
-    if args.n is not None:
-        params["n"] = args.n
-    if args.seed is not None:
-        params["seed"] = args.seed
-    task = tasks.load(args.task, model, metric=args.metric, **params)
+    task = _task_from_args(args, model)
     values = clean_and_corrupt(model, task)
     report = {
         "model": model.spec,
@@ -100,6 +96,66 @@ def cmd_run_task(args: argparse.Namespace) -> int:
         print(f"{task.name} on {model.spec} ({len(task)} examples), metric {values['metric']}:")
         print(f"  clean   {values['clean']:+.4f}")
         print(f"  corrupt {values['corrupt']:+.4f}")
+    return 0
+
+
+def _task_from_args(args: argparse.Namespace, model: Any) -> Any:
+    from interpkit import tasks
+
+    params = _parse_params(args.param)
+    if args.n is not None:
+        params["n"] = args.n
+    if args.seed is not None:
+        params["seed"] = args.seed
+    return tasks.load(args.task, model, metric=args.metric, **params)
+
+
+def _write_outputs(args: argparse.Namespace, result: Any, title: str) -> None:
+    from pathlib import Path
+
+    from interpkit.plots.report import write_report
+
+    out = Path(args.out)
+    command = "interpkit " + " ".join(sys.argv[1:]) if sys.argv else None
+    result.provenance["command"] = command
+    result.to_json(out / "result.json")
+    write_report(
+        out / "report.html",
+        title,
+        [("Scores", result.figure()), ("Summary", _summary(result))],
+        result.provenance,
+        command,
+    )
+    print(f"wrote {out / 'result.json'} and {out / 'report.html'}")
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    top = result.top(5)
+    return {
+        "metric": result.metric,
+        "clean": result.clean_value,
+        "corrupt": result.corrupt_value,
+        **{f"top {i + 1}": f"{label}: {value:+.4f}" for i, (label, value) in enumerate(top)},
+    }
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from interpkit.patching import patch
+
+    model = _load(args)
+    task = _task_from_args(args, model)
+    result = patch(
+        model,
+        task,
+        site=args.site,
+        per_position=args.per_position,
+        direction=args.direction,
+        ablation=args.ablation,
+        batch_size=args.batch_size,
+    )
+    for label, value in result.top(5):
+        print(f"  {label:<30} {value:+.4f}")
+    _write_outputs(args, result, f"Activation patching: {args.site} on {task.name} ({result.meta['direction']})")
     return 0
 
 
@@ -130,15 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_sites)
 
+    def with_task(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--task", required=True, help="induction, ioi, factual, greater-than, or a .jsonl file")
+        p.add_argument("--n", type=int, default=None, help="number of examples (generators only)")
+        p.add_argument("--seed", type=int, default=None, help="generator seed")
+        p.add_argument("--metric", default=None, help="logit_diff (default), logprob, prob, kl, accuracy")
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra generator parameter")
+
     p = sub.add_parser("run-task", help="print a task's metric on the clean and corrupt runs")
     with_model(p)
-    p.add_argument("--task", required=True, help="induction, ioi, factual, greater-than, or a .jsonl file")
-    p.add_argument("--n", type=int, default=None, help="number of examples (generators only)")
-    p.add_argument("--seed", type=int, default=None, help="generator seed")
-    p.add_argument("--metric", default=None, help="logit_diff (default), logprob, prob, kl, accuracy")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra generator parameter")
+    with_task(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(fn=cmd_run_task)
+
+    p = sub.add_parser("patch", help="activation patching sweep over one site kind; writes result.json + report.html")
+    with_model(p)
+    with_task(p)
+    p.add_argument(
+        "--site",
+        required=True,
+        help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_q, head_k, head_v, head_pattern",
+    )
+    p.add_argument("--per-position", action="store_true", help="patch each position separately")
+    p.add_argument(
+        "--direction", default="denoise", help="denoise (clean into corrupt, default) or noise (corrupt into clean)"
+    )
+    p.add_argument("--ablation", default=None, help="zero, mean, resample or counterfactual (replaces --direction)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: from free memory)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(fn=cmd_patch)
     return parser
 
 

@@ -6,6 +6,7 @@ with the exact value and both labels, and a title naming the metric.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from interpkit.errors import ResultError
@@ -78,12 +79,38 @@ def bars(result: Result, title: str | None = None, normalised: bool = False) -> 
     return fig
 
 
+def fold_to_2d(result: Result) -> Result:
+    """A 2-D view of a 3-D+ result: position-like dim as columns, the others folded into rows.
+
+    ``(layer, pos, head)`` becomes rows ``L3H5`` x columns ``pos``.
+    """
+
+    col = next((d for d in ("pos", "dest_src", "src") if d in result.dims), result.dims[-1])
+    rows = [d for d in result.dims if d != col]
+    order = [result.dims.index(d) for d in (*rows, col)]
+    values = result.scores.permute(*order)
+    n_rows = 1
+    for d in rows:
+        n_rows *= result.scores.shape[result.dims.index(d)]
+    names = [""]
+    for d in rows:
+        size = result.scores.shape[result.dims.index(d)]
+        labs = result.labels.get(d) or [f"{d}{i}" for i in range(size)]
+        names = [f"{a}{b}" for a in names for b in labs]
+    return dataclasses.replace(
+        result,
+        scores=values.reshape(n_rows, values.shape[-1]),
+        dims=("component", col),
+        labels={"component": names, **({col: result.labels[col]} if col in result.labels else {})},
+    )
+
+
 def figure_for(result: Result, **kwargs: Any) -> Any:
-    """The default figure of a result: heatmap for 2-D, bars for 1-D."""
+    """The default figure of a result: heatmap for 2-D (3-D folded to 2-D), bars for 1-D."""
+    if result.scores.ndim >= 3:
+        return heatmap(fold_to_2d(result), **kwargs)
     if result.scores.ndim == 2:
         return heatmap(result, **kwargs)
     if result.scores.ndim == 1:
         return bars(result, **kwargs)
-    raise ResultError(
-        f"no default figure for a {result.scores.ndim}-D result {result.dims}; select or reduce dims first"
-    )
+    raise ResultError(f"no default figure for a 0-D result {result.dims}")

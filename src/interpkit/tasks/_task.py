@@ -88,7 +88,12 @@ class Task:
             raise TaskError(f"subset of task {self.name!r} selects no examples")
         width = int(self.answer_pos[idx].max()) + 1
         width = max(width, int(self.attention_mask[idx].sum(1).max()))
-        pick = [i for i in idx.tolist()]
+        pick = idx.tolist()
+        # Per-example lists in params (template index, order, ...) follow the selection.
+        params = {
+            k: [v[i] for i in pick] if isinstance(v, list) and len(v) == len(self) else v
+            for k, v in self.params.items()
+        }
         return Task(
             name=self.name,
             clean=self.clean[idx, :width],
@@ -98,7 +103,7 @@ class Task:
             answer_pos=self.answer_pos[idx],
             attention_mask=self.attention_mask[idx, :width],
             metric=self.metric,
-            params=dict(self.params),
+            params=params,
             clean_text=[self.clean_text[i] for i in pick] if self.clean_text else None,
             corrupt_text=[self.corrupt_text[i] for i in pick] if self.corrupt_text else None,
         )
@@ -118,6 +123,13 @@ class Task:
     def same_positions(self) -> bool:
         """True when every example reads its answer at the same position (no padding)."""
         return bool((self.answer_pos == self.answer_pos[0]).all()) and bool(self.attention_mask.all())
+
+
+def need_tokenizer(model: Model, task: str) -> Any:
+    """The model's tokenizer, or a TaskError saying that ``task`` is built from text."""
+    if model.tokenizer is None:
+        raise TaskError(f"the {task} task is built from text and needs a tokenizer; model {model.spec!r} has none")
+    return model.tokenizer
 
 
 def from_token_lists(

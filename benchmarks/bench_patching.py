@@ -1,0 +1,123 @@
+"""Benchmark: interpkit's batched patching engine against transformer_lens.patching.
+
+Usage:
+    python benchmarks/bench_patching.py [--threads 1] [--n 4] [--quick]
+
+Same run, same model, prompts and metric:
+1. head-by-position output patching (``head_out``, per position) on the embedded model
+   (IOI prompts) and on the toy model (induction): time of ``ik.patch`` vs
+   ``transformer_lens.patching.get_act_patch_attn_head_out_by_pos`` and max |difference|;
+2. residual layer x position sweep: time of ``ik.patch(site="resid_pre", per_position=True)``
+   vs one plain batched forward pass over the same total number of rows (the floor for this
+   work without reuse);
+3. peak memory of a sweep as the number of patches grows 10x (each size in a fresh subprocess).
+
+``--quick`` skips the transformer_lens run on the embedded model (minutes on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+import interpkit as ik
+
+
+def timed(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def head_by_pos(model, task, run_tl: bool) -> dict:
+    a, w, pos = task.answer, task.wrong, task.answer_pos
+    rows = torch.arange(len(task))
+
+    def metric(logits):
+        final = logits[rows, pos]
+        return (final[rows, a] - final[rows, w]).mean()
+
+    ours_s, ours = timed(lambda: ik.patch(model, task, "head_out", per_position=True))
+    row = {"ours_s": round(ours_s, 2), "patches": int(ours.scores.numel())}
+    if run_tl:
+        import transformer_lens.patching as tl_patching
+
+        _, clean_cache = model.bridge.run_with_cache(task.clean)
+        with torch.no_grad():
+            tl_s, theirs = timed(
+                lambda: tl_patching.get_act_patch_attn_head_out_by_pos(model.bridge, task.corrupt, clean_cache, metric)
+            )
+        row.update(tl_s=round(tl_s, 2), speedup=round(tl_s / ours_s, 1), max_abs_diff=float((ours.scores - theirs.float()).abs().max()))
+    return row
+
+
+def resid_sweep(model, task) -> dict:
+    from interpkit.patching._engine import auto_rows
+
+    sweep_s, res = timed(lambda: ik.patch(model, task, "resid_pre", per_position=True), repeat=2)
+    n_rows = res.scores.numel() * len(task)
+    chunk = auto_rows(model, task.n_pos)
+    tokens = task.corrupt.repeat((n_rows + len(task) - 1) // len(task), 1)[:n_rows]
+
+    def plain():
+        with torch.inference_mode():
+            for start in range(0, n_rows, chunk):
+                model.bridge(tokens[start : start + chunk])
+
+    plain_s, _ = timed(plain, repeat=2)
+    return {"sweep_s": round(sweep_s, 2), "plain_forward_same_rows_s": round(plain_s, 2), "ratio": round(sweep_s / plain_s, 2), "rows": n_rows}
+
+
+def peak_rss_child(layers: int, n: int, threads: int) -> float:
+    """Peak RSS growth (MB) over the loaded model of a resid_pre x position sweep on ``layers`` layers."""
+    code = f"""
+import resource, torch, interpkit as ik
+torch.set_num_threads({threads})
+m = ik.load_model("smollm2-135m")
+t = ik.tasks.load("induction", m, n={n}, length=8, seed=0)
+ik.metrics.clean_and_corrupt(m, t)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ik.patch(m, t, "resid_pre", per_position=True, layers=list(range({layers})))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e3)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n", type=int, default=4, help="prompts per task")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}, device: cpu, torch {torch.__version__}")
+    report = {}
+
+    toy = ik.load_model("toy-induction")
+    toy_task = ik.tasks.load("induction", toy, n=args.n, length=8, seed=0)
+    report["toy head_out x pos"] = head_by_pos(toy, toy_task, run_tl=True)
+    report["toy resid_pre x pos"] = resid_sweep(toy, toy_task)
+
+    smol = ik.load_model("smollm2-135m")
+    ioi = ik.tasks.load("ioi", smol, n=args.n, seed=0, templates="ABBA")
+    ioi = ioi.subset([i for i in range(len(ioi)) if ioi.answer_pos[i] == ioi.answer_pos[0]])
+    report["smollm2 head_out x pos"] = head_by_pos(smol, ioi, run_tl=not args.quick)
+    report["smollm2 resid_pre x pos"] = resid_sweep(smol, ioi)
+
+    mem = {f"{layers} layers": peak_rss_child(layers, args.n, args.threads) for layers in (3, 30)}
+    report["smollm2 resid_pre x pos sweep, peak RSS growth (MB), 10x patches"] = mem
+    for key, row in report.items():
+        print(f"{key:<55} {json.dumps(row)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Path patching: the effect of sender components on receiver inputs alone (Wang et al. 2022, §3).
+
+For a sender s and receivers R, path patching asks how the metric changes when s's output
+changes (base run -> source run) *only along the direct paths s -> R*: every other component is
+frozen to its base-run value, so the change reaches each receiver through the residual stream
+alone, and reaches the metric only through the receivers.
+
+Because the residual stream is a sum of component outputs, freezing everything but s means the
+receiver's input residual is the base residual plus the sender's output difference
+``Δ_s = out_s(source) - out_s(base)`` (for a head, ``(z_source - z_base) @ W_O``). The engine
+therefore:
+
+1. computes ``Δ_s`` for a chunk of (sender, example) rows;
+2. for each receiver layer, reruns that one layer from ``resid_pre + Δ_s`` (``resid_mid + Δ_s``
+   for an MLP receiver) and keeps the receiver's q, k, v (or MLP output);
+3. reruns the base input with only the receivers' values replaced, and reads the metric.
+
+Receiver ``"logits"`` measures the direct path sender -> unembedding. Senders in the same or a
+later layer than every receiver have no path and score the base value. Directions follow
+``ik.patch``: "noise" = base clean, source corrupt; "denoise" = base corrupt, source clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from interpkit.errors import SiteError
+from interpkit.metrics import get as get_metric
+from interpkit.patching._engine import (
+    _StopForward,
+    _tail,
+    auto_rows,
+    capture,
+    final_hook,
+    forward_final,
+    masked_patch_hook,
+    run_chunked,
+)
+from interpkit.patching._sources import check_mode
+from interpkit.results import Result, make_provenance
+from interpkit.sites import Site, all_sites, validate
+
+if TYPE_CHECKING:
+    import torch
+
+    from interpkit.models import Model
+    from interpkit.tasks import Task
+
+SENDER_KINDS = ("z", "attn_out", "mlp_out", "embed")
+RECEIVER_KINDS = ("q", "k", "v", "kv_k", "kv_v", "mlp_out")
+
+
+def _senders(
+    model: Model, senders: str | Sequence[str]
+) -> tuple[list[Site], tuple[str, ...], dict[str, list[str]], tuple[int, ...]]:
+    c = model.cfg
+    if senders == "heads":
+        sites = all_sites(model, "z")
+        return (
+            sites,
+            ("layer", "head"),
+            {"layer": [f"L{i}" for i in range(c.n_layers)], "head": [f"H{h}" for h in range(c.n_heads)]},
+            (c.n_layers, c.n_heads),
+        )
+    if senders == "mlps":
+        sites = all_sites(model, "mlp_out")
+        return sites, ("layer",), {"layer": [f"L{s.layer}" for s in sites]}, (len(sites),)
+    if isinstance(senders, str):
+        senders = [senders]
+    sites = [validate(s, model) for s in senders]
+    bad = [s.label for s in sites if s.kind not in SENDER_KINDS]
+    if bad:
+        raise SiteError(f"senders {bad} are not component outputs; senders are heads (L3H5), L3.attn, L3.mlp or embed")
+    return sites, ("sender",), {"sender": [s.label for s in sites]}, (len(sites),)
+
+
+def _receivers(model: Model, receivers: Sequence[str]) -> list[Site]:
+    if isinstance(receivers, str):
+        receivers = [receivers]
+    if not receivers:
+        raise SiteError("path patching needs at least one receiver (e.g. 'L9H6.q', 'L10.mlp' or 'logits')")
+    if list(receivers) == ["logits"]:
+        return [Site("logits")]
+    sites = [validate(r, model) for r in receivers]
+    bad = [s.label for s in sites if s.kind not in RECEIVER_KINDS]
+    if bad:
+        raise SiteError(
+            f"receivers {bad} are not component inputs; use head inputs (L9H6.q, .k, .v, L9KV1.k) or MLPs (L9.mlp), or 'logits' alone"
+        )
+    return sites
+
+
+def _sender_delta(
+    model: Model, sender: Site, base: dict[str, torch.Tensor], source: dict[str, torch.Tensor], ex: torch.Tensor
+) -> torch.Tensor:
+    """Output difference (rows, pos, d_model) the sender writes to the residual stream."""
+    if sender.kind == "z":
+        name = model.resolve_hook(sender.hook)
+        w_o = model.bridge.blocks[sender.layer].attn.W_O[sender.head]  # (d_head, d_model)
+        diff = source[name][ex][:, :, sender.head] - base[name][ex][:, :, sender.head]
+        return diff.to(w_o.dtype) @ w_o
+    name = model.resolve_hook(sender.hook)
+    return source[name][ex] - base[name][ex]
+
+
+def path_patch(
+    model: Model,
+    task: Task,
+    receivers: Sequence[str],
+    senders: str | Sequence[str] = "heads",
+    direction: str = "noise",
+    batch_size: int | None = None,
+    *,
+    metric: str | None = None,
+    seed: int = 0,
+) -> Result:
+    """Metric when each sender's change reaches only ``receivers`` (everything else frozen).
+
+    >>> res = ik.patching.path_patch(model, task, receivers=["L1H0.k", "L1H0.v"], senders="heads")  # doctest: +SKIP
+    """
+    import torch
+
+    check_mode(direction, None)
+    metric = metric or task.metric
+    fn = get_metric(metric)
+    task = task.to(model.device)
+    sender_sites, dims, labels, shape = _senders(model, senders)
+    receiver_sites = _receivers(model, receivers)
+    to_logits = receiver_sites[0].kind == "logits"
+    recv_layers = sorted({r.layer for r in receiver_sites}) if not to_logits else [model.cfg.n_layers]
+    base_tokens, source_tokens = (task.clean, task.corrupt) if direction == "noise" else (task.corrupt, task.clean)
+
+    sender_hooks = {model.resolve_hook(s.hook) for s in sender_sites}
+    base_names = set(sender_hooks) | {
+        model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in recv_layers if lay < model.cfg.n_layers
+    }
+    base_names |= {
+        model.resolve_hook(f"blocks.{r.layer}.hook_resid_mid") for r in receiver_sites if r.kind == "mlp_out"
+    }
+    base_names.add(model.resolve_hook(final_hook(model)))
+    base_acts, _ = capture(model, base_tokens, sorted(base_names))
+    source_acts, _ = capture(model, source_tokens, sorted(sender_hooks))
+    from interpkit.patching._api import baseline
+
+    ref = baseline(model, task, metric)
+    base_value = ref["clean"] if direction == "noise" else ref["corrupt"]
+    n_ex = len(task)
+    values = base_value[None].repeat(len(sender_sites), 1).to(model.device)
+    live = [i for i, s in enumerate(sender_sites) if (s.layer if s.kind != "embed" else -1) < max(recv_layers)]
+    rows = [(i, b) for i in live for b in range(n_ex)]
+    final_name = model.resolve_hook(final_hook(model))
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        chunk = rows[start:stop]
+        ex = torch.tensor([b for _, b in chunk], device=model.device)
+        deltas = torch.stack(
+            [
+                _sender_delta(model, sender_sites[i], base_acts, source_acts, ex[j : j + 1])[0]
+                for j, (i, _) in enumerate(chunk)
+            ]
+        )
+        layer_of = torch.tensor(
+            [sender_sites[i].layer if sender_sites[i].kind != "embed" else -1 for i, _ in chunk], device=model.device
+        )
+        if to_logits:
+            resid = (
+                base_acts[final_name][ex, task.answer_pos[ex]] + deltas[torch.arange(len(chunk)), task.answer_pos[ex]]
+            )
+            final = _tail(model, resid)
+        else:
+            patches = _receiver_values(model, receiver_sites, base_acts, deltas, layer_of, ex)
+            start_layer = min(recv_layers)
+            resid0 = base_acts[model.resolve_hook(f"blocks.{start_layer}.hook_resid_pre")][ex]
+            final = forward_final(model, resid0, start_layer, task.answer_pos[ex], patches)
+        vals = fn(final, task.answer[ex], task.wrong[ex], ref["clean_logprobs"][ex])
+        values[torch.tensor([i for i, _ in chunk], device=model.device), ex] = vals.to(values.dtype)
+        return vals
+
+    with torch.inference_mode():
+        run_chunked(len(rows), batch_size or auto_rows(model, task.n_pos), run)
+    per_example = values.reshape(*shape, n_ex).cpu()
+    return Result(
+        scores=per_example.mean(-1),
+        dims=dims,
+        labels=labels,
+        metric=metric,
+        clean_value=float(ref["clean"].mean()),
+        corrupt_value=float(ref["corrupt"].mean()),
+        kind="path_patch",
+        meta={
+            "receivers": [r.label for r in receiver_sites],
+            "direction": direction,
+            "senders": [s.label for s in sender_sites],
+        },
+        extras={"per_example": per_example},
+        provenance=make_provenance(model, task, seed),
+    )
+
+
+def _receiver_values(
+    model: Model,
+    receivers: list[Site],
+    base_acts: dict[str, torch.Tensor],
+    deltas: torch.Tensor,
+    sender_layer: torch.Tensor,
+    ex: torch.Tensor,
+) -> list[tuple[str, Any]]:
+    """Hooks that write each receiver's input-patched value (step 2 of the module docstring)."""
+    import torch
+
+    patches: list[tuple[str, Any]] = []
+    for layer in sorted({r.layer for r in receivers}):
+        group = [r for r in receivers if r.layer == layer]
+        # Only senders strictly before this layer have a path to it.
+        delta = deltas * (sender_layer < layer).to(deltas.dtype)[:, None, None]
+        wanted = {model.resolve_hook(r.hook) for r in group}
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook: Any, wanted: set[str] = wanted, kept: dict = kept) -> None:
+            kept[hook.name] = act.detach().clone()
+            if wanted <= set(kept):
+                raise _StopForward
+
+        mid_name = model.resolve_hook(f"blocks.{layer}.hook_resid_mid")
+        fwd = [(n, keep) for n in sorted(wanted)]
+        start = base_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")][ex]
+        if any(r.kind == "mlp_out" for r in group):
+            frozen_mid = base_acts[mid_name][ex] + delta
+            fwd.insert(0, (mid_name, lambda act, hook, v=frozen_mid: v))
+        if any(r.kind != "mlp_out" for r in group):
+            start = start + delta
+        try:
+            from interpkit.hooks import hooks
+
+            with hooks(model, fwd=fwd):
+                model.bridge(start, start_at_layer=layer)
+        except _StopForward:
+            pass
+        for r in group:
+            name = model.resolve_hook(r.hook)
+            value = kept[name]
+            axis = r.head_axis()
+            if axis is None:
+                mask = torch.ones((1,) * value.ndim, dtype=torch.bool, device=value.device)
+            else:
+                shape = [1] * value.ndim
+                shape[axis] = value.shape[axis]
+                mask = torch.zeros(shape, dtype=torch.bool, device=value.device)
+                index = [slice(None)] * value.ndim
+                index[axis] = r.hook_index(model.cfg.group_size)
+                mask[tuple(index)] = True
+            patches.append((name, masked_patch_hook(lambda s, m=mask: m, value)))
+    return _merge_same_hook(patches)
+
+
+def _merge_same_hook(patches: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    # Two receivers on one hook point (L9H6.q and L9H9.q) become one hook applying both in turn.
+    merged: dict[str, list[Any]] = {}
+    for name, fn in patches:
+        merged.setdefault(name, []).append(fn)
+
+    def chain(fns: list[Any]) -> Any:
+        def hook(act: Any, hook: Any) -> Any:
+            for f in fns:
+                act = f(act, hook)
+            return act
+
+        return hook
+
+    return [(name, chain(fns)) for name, fns in merged.items()]
