@@ -12,11 +12,13 @@ Importing interpkit is cheap: torch, transformer_lens and plotly load when first
 from interpkit import errors as errors
 from interpkit import hooks as hooks
 from interpkit import metrics as metrics
+from interpkit import patching as patching
 from interpkit import sites as sites
 from interpkit import tasks as tasks
 from interpkit.errors import InterpkitError as InterpkitError
 from interpkit.models import Model as Model
 from interpkit.models import load_model as load_model
+from interpkit.patching import patch as patch
 from interpkit.results import Result as Result
 from interpkit.tasks import Task as Task
 
@@ -31,6 +33,8 @@ __all__ = [
     "hooks",
     "load_model",
     "metrics",
+    "patch",
+    "patching",
     "sites",
     "tasks",
 ]
