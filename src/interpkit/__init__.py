@@ -9,12 +9,14 @@
 Importing interpkit is cheap: torch, transformer_lens and plotly load when first used.
 """
 
+from interpkit import attribution as attribution
 from interpkit import errors as errors
 from interpkit import hooks as hooks
 from interpkit import metrics as metrics
 from interpkit import patching as patching
 from interpkit import sites as sites
 from interpkit import tasks as tasks
+from interpkit.attribution import attribute as attribute
 from interpkit.errors import InterpkitError as InterpkitError
 from interpkit.models import Model as Model
 from interpkit.models import load_model as load_model
@@ -29,6 +31,8 @@ __all__ = [
     "Model",
     "Result",
     "Task",
+    "attribute",
+    "attribution",
     "errors",
     "hooks",
     "load_model",

@@ -118,6 +118,10 @@ class Model:
             groups[_preferred_hook_name(names)] = sorted(names)
         return groups
 
+    def refresh_hooks(self) -> None:
+        """Re-read the bridge's hook points (after a mode switch such as split q/k/v inputs)."""
+        self._hook_groups = self._fold_hooks()
+
     def hook_names(self) -> list[str]:
         """One name per real hook point (aliases folded), classic TransformerLens names first."""
         return list(self._hook_groups)

@@ -1,0 +1,110 @@
+"""Edge attribution: the graph, EAP against its literal formula and against exact edge patching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interpkit.attribution.eap import edge_scores, split_inputs
+from interpkit.attribution.graph import build_graph
+from interpkit.hooks import hooks
+from interpkit.metrics import evaluate
+from interpkit.tasks import from_token_lists
+from patching_reference import run_cache
+
+
+def _task(model, n=2, pos=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = model.cfg.d_vocab
+    clean = torch.randint(0, v, (n, pos), generator=g).tolist()
+    corrupt = torch.randint(0, v, (n, pos), generator=g).tolist()
+    answers = torch.randint(0, v, (2, n), generator=g).tolist()
+    return from_token_lists("rand", model, clean, corrupt, answers[0], answers[1])
+
+
+def test_graph_shape(tiny_llama, toy):
+    g = build_graph(tiny_llama)  # 3 layers, 6 heads, 2 KV heads, MLPs
+    assert len(g.senders) == 1 + 3 * 6 + 3
+    assert len(g.receivers) == 3 * (6 + 2 + 2 + 1) + 1
+    labels = g.edge_labels()
+    assert "embed->L0H0.q" in labels and "L0H3->L1KV1.k" in labels and "L1H2->L1.mlp" in labels
+    assert "L1H2->L1H0.q" not in labels and "L2.mlp->L2.mlp" not in labels
+    assert "L2.mlp->logits" in labels
+    assert g.edge_index("L0H3->L1KV1.k") == (4, 6 + 2 + 2 + 1 + 6 + 1)
+    toy_graph = build_graph(toy)  # 2 layers, 4 heads, attention only, no GQA: heads name their k/v
+    assert "L0H1->L1H3.k" in toy_graph.edge_labels() and not any(".mlp" in e for e in toy_graph.edge_labels())
+
+
+def _edge_patch(model, task, sender, head_kind, receiver_head, eps):
+    """Literal: target clean run with one receiver input moved by eps * (sender's output change)."""
+    layer_s, head_s = sender
+    z = f"blocks.{layer_s}.attn.hook_z"
+    clean, _ = run_cache(model, task.clean, [z])
+    corrupt, _ = run_cache(model, task.corrupt, [z])
+    w_o = model.bridge.blocks[layer_s].attn.W_O[head_s]
+    delta = (corrupt[z][:, :, head_s] - clean[z][:, :, head_s]) @ w_o  # (batch, pos, d_model)
+    name = f"blocks.2.hook_{head_kind}_input"
+
+    def move(act, hook):
+        new = act.clone()
+        new[:, :, receiver_head] = act[:, :, receiver_head] + eps * delta
+        return new
+
+    with torch.no_grad(), split_inputs(model), hooks(model, fwd=[(name, move)]):
+        return evaluate(model(task.clean), task).mean()
+
+
+@pytest.mark.parametrize(("kind", "head", "label"), [("q", 4, "L2H4.q"), ("k", 1, "L2KV1.k"), ("v", 0, "L2KV0.v")])
+def test_eap_is_the_edge_derivative(tiny_llama, kind, head, label):
+    task = _task(tiny_llama)
+    eap = edge_scores(tiny_llama, task, "eap")
+    edge = f"L0H3->{label}"
+    score = eap.scores[eap.labels["edge"].index(edge)].item()
+    eps = 1e-3
+    base = evaluate(tiny_llama(task.clean), task).mean()
+    derivative = ((_edge_patch(tiny_llama, task, (0, 3), kind, head, eps) - base) / eps).item()
+    assert score == pytest.approx(derivative, rel=3e-2, abs=3e-3)
+
+
+def test_exact_edges_equal_literal_edge_patching(tiny_llama):
+    task = _task(tiny_llama, seed=1)
+    exact = edge_scores(tiny_llama, task, "exact")
+    base = evaluate(tiny_llama(task.clean), task).mean()
+    for kind, head, label in [("q", 4, "L2H4.q"), ("k", 1, "L2KV1.k")]:
+        literal = (_edge_patch(tiny_llama, task, (0, 3), kind, head, 1.0) - base).item()
+        assert exact.scores[exact.labels["edge"].index(f"L0H3->{label}")].item() == pytest.approx(literal, abs=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+def test_eap_ig_one_step_is_eap_from_the_other_end(model_name, request):
+    """IG with one step evaluates the gradient at the source end of the path: there it is minus
+    EAP in the opposite direction (same gradient point, opposite activation difference)."""
+    model = request.getfixturevalue(model_name)
+    task = _task(model, n=3, seed=2)
+    ig1 = edge_scores(model, task, "eap-ig", ig_steps=1)
+    flipped = edge_scores(model, task, "eap", direction="denoise")
+    assert torch.allclose(ig1.scores, -flipped.scores, atol=1e-5)
+    ig = edge_scores(model, task, "eap-ig", ig_steps=4)
+    assert ig.scores.shape == ig1.scores.shape and ig.meta["ig_steps"] == 4
+
+
+def test_split_inputs_restores_flags(tiny_llama):
+    tokens = torch.tensor([[1, 2, 3]])
+    before = tiny_llama(tokens)
+    with split_inputs(tiny_llama):
+        inside = tiny_llama(tokens)
+    assert torch.allclose(before, inside, atol=1e-5)
+    assert not tiny_llama.bridge.cfg.use_split_qkv_input
+
+
+def test_attribute_dispatch(tiny_llama):
+    import interpkit as ik
+    from interpkit.attribution import AttributionError
+
+    task = _task(tiny_llama)
+    assert ik.attribute(tiny_llama, task, method="eap", level="edge").dims == ("edge",)
+    assert ik.attribute(tiny_llama, task, method="atp", level="node", site="mlp_out").dims == ("layer",)
+    with pytest.raises(AttributionError, match="eap-ig"):
+        ik.attribute(tiny_llama, task, method="eap_ig", level="edge")
+    with pytest.raises(AttributionError, match="node"):
+        ik.attribute(tiny_llama, task, method="atp", level="nodes")
