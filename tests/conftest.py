@@ -11,6 +11,10 @@ from interpkit.models import Model, boot_native, load_model
 from interpkit.models._load import wrap_hf_model
 from tiny_models import tiny_gpt2_hf, tiny_llama_hf
 
+# Tiny models run ~10x faster on one thread than on two contended ones; integration tests on the
+# embedded model lose little by it.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_llama_pair() -> tuple[Model, torch.nn.Module]:

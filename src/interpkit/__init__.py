@@ -10,6 +10,7 @@ Importing interpkit is cheap: torch, transformer_lens and plotly load when first
 """
 
 from interpkit import attribution as attribution
+from interpkit import cache as cache
 from interpkit import errors as errors
 from interpkit import hooks as hooks
 from interpkit import metrics as metrics
@@ -33,6 +34,7 @@ __all__ = [
     "Task",
     "attribute",
     "attribution",
+    "cache",
     "errors",
     "hooks",
     "load_model",

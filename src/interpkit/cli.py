@@ -7,6 +7,8 @@
                                                        # metric on the clean and corrupt runs
     interpkit patch --model smollm2-135m --task ioi --site head_out --out runs/ioi-heads
                                                        # patching sweep -> result.json + report.html
+    interpkit cache --model smollm2-135m --data texts.txt --sites "L*.resid_post" --out acts/
+    interpkit cache-info acts/ --verify                # streaming harvest to disk, and its check
 
 Every subcommand prints a clear one-line error (exit status 2) for a user mistake.
 """
@@ -215,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: from free memory)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_patch)
+
+    from interpkit.cache.cli import add_parsers as add_cache_parsers
+
+    add_cache_parsers(sub, with_model)
     return parser
 
 

@@ -1,0 +1,125 @@
+"""The few weights the residual-stream analyses need, read from a raw TransformerBridge.
+
+The bridge is not in TransformerLens's compatibility mode: nothing is folded, so the final
+norm's weight and bias are still separate from ``W_U``, and the norm's scale is whatever the run
+computed (``ln_final.hook_scale``). Shapes are checked against the model config, so an
+architecture whose bridge exposes the weights differently fails loudly rather than silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from interpkit.cache._errors import CacheError
+
+if TYPE_CHECKING:
+    import torch
+
+    from interpkit.models import Model
+
+
+def _attr(obj: Any, name: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+
+
+def _w_o_from_module(model: Model, layer: int) -> torch.Tensor:
+    import torch
+
+    c = model.cfg
+    o = _attr(model.bridge.blocks[layer].attn, "o")
+    inner = _attr(o, "_original_component") if o is not None else None
+    weight = _attr(inner, "weight")
+    if weight is None:
+        raise CacheError(f"cannot find the attention output weight of layer {layer} in {model.name}")
+    if isinstance(inner, torch.nn.Linear):  # (d_model, n_heads * d_head)
+        weight = weight.T
+    if tuple(weight.shape) != (c.n_heads * c.d_head, c.d_model):
+        raise CacheError(f"attention output weight of layer {layer} has shape {tuple(weight.shape)}, not understood")
+    return weight.reshape(c.n_heads, c.d_head, c.d_model)
+
+
+def head_out_weights(model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``W_O`` ``(layer, head, d_head, d_model)`` and ``b_O`` ``(layer, d_model)`` (None without bias)."""
+    import torch
+
+    c = model.cfg
+    with torch.no_grad():
+        w_o = _attr(model.bridge, "W_O")
+        if w_o is None or tuple(w_o.shape) != (c.n_layers, c.n_heads, c.d_head, c.d_model):
+            w_o = torch.stack([_w_o_from_module(model, layer) for layer in range(c.n_layers)])
+        b_o = _attr(model.bridge, "b_O")
+        if b_o is not None and tuple(b_o.shape) != (c.n_layers, c.d_model):
+            raise CacheError(f"attention output bias has shape {tuple(b_o.shape)}, expected {(c.n_layers, c.d_model)}")
+        return w_o.detach(), None if b_o is None else b_o.detach()
+
+
+def unembed_weights(model: Model) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W_U`` ``(d_model, d_vocab)`` and ``b_U`` ``(d_vocab,)`` (zeros without bias)."""
+    import torch
+
+    c = model.cfg
+    with torch.no_grad():
+        w_u = _attr(model.bridge, "W_U")
+        if w_u is None or tuple(w_u.shape) != (c.d_model, c.d_vocab):
+            raise CacheError(f"cannot read the unembedding W_U {(c.d_model, c.d_vocab)} of {model.name}")
+        b_u = _attr(model.bridge, "b_U")
+        if b_u is None:
+            b_u = torch.zeros(c.d_vocab, dtype=w_u.dtype, device=w_u.device)
+        return w_u.detach(), b_u.detach()
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalNorm:
+    """The final norm as ``(x - mean(x) if centre) / scale * weight + bias``."""
+
+    centre: bool
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    eps: float
+
+    @property
+    def present(self) -> bool:
+        return self.eps >= 0
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale the norm would compute for ``x`` ``(..., d_model)``, shape ``(..., 1)``."""
+        if self.centre:
+            x = x - x.mean(-1, keepdim=True)
+        return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def linear(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The norm with ``scale`` held fixed and no bias: linear in ``x``."""
+        if self.centre:
+            x = x - x.mean(-1, keepdim=True)
+        x = x / scale
+        return x if self.weight is None else x * self.weight.to(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.present:
+            return x
+        out = self.linear(x, self.scale(x))
+        return out if self.bias is None else out + self.bias.to(out)
+
+
+def final_norm(model: Model) -> FinalNorm:
+    """The model's final norm (LayerNorm, RMSNorm, their weightless ``Pre`` forms, or none)."""
+    kind = model.cfg.normalization
+    if kind is None:
+        return FinalNorm(False, None, None, -1.0)
+    if kind not in ("LN", "LNPre", "RMS", "RMSPre"):
+        raise CacheError(f"final norm type {kind!r} of {model.name} is not supported by the residual analyses")
+    inner = _attr(_attr(model.bridge, "ln_final"), "_original_component")
+    eps = _attr(inner, "eps") or _attr(inner, "variance_epsilon") or _attr(model.bridge.cfg, "eps") or 1e-5
+    weight = bias = None
+    if not kind.endswith("Pre"):
+        weight = _attr(inner, "weight")
+        bias = _attr(inner, "bias")
+        if weight is None or tuple(weight.shape) != (model.cfg.d_model,):
+            raise CacheError(f"cannot read the final norm's weight of {model.name}")
+        weight = weight.detach()
+        bias = None if bias is None else bias.detach()
+    return FinalNorm(kind.startswith("LN"), weight, bias, float(eps))
