@@ -109,7 +109,8 @@ def test_induction_metric_on_toy(toy):
     task = ik.tasks.load("induction", toy, n=32, seed=0)
     values = ik.metrics.clean_and_corrupt(toy, task)
     assert values["clean"] > 3.0, values  # the toy copies the repeated token
-    assert values["corrupt"] < -3.0, values  # and copies the corrupt block's token instead
+    # In the corrupt prompt the current token has no earlier copy: nothing to copy, no preference.
+    assert abs(values["corrupt"]) < 1.0, values
 
 
 def test_load_errors(toy):
