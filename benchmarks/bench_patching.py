@@ -55,7 +55,11 @@ def head_by_pos(model, task, run_tl: bool) -> dict:
             tl_s, theirs = timed(
                 lambda: tl_patching.get_act_patch_attn_head_out_by_pos(model.bridge, task.corrupt, clean_cache, metric)
             )
-        row.update(tl_s=round(tl_s, 2), speedup=round(tl_s / ours_s, 1), max_abs_diff=float((ours.scores - theirs.float()).abs().max()))
+        row.update(
+            tl_s=round(tl_s, 2),
+            speedup=round(tl_s / ours_s, 1),
+            max_abs_diff=float((ours.scores - theirs.float()).abs().max()),
+        )
     return row
 
 
@@ -73,7 +77,12 @@ def resid_sweep(model, task) -> dict:
                 model.bridge(tokens[start : start + chunk])
 
     plain_s, _ = timed(plain, repeat=2)
-    return {"sweep_s": round(sweep_s, 2), "plain_forward_same_rows_s": round(plain_s, 2), "ratio": round(sweep_s / plain_s, 2), "rows": n_rows}
+    return {
+        "sweep_s": round(sweep_s, 2),
+        "plain_forward_same_rows_s": round(plain_s, 2),
+        "ratio": round(sweep_s / plain_s, 2),
+        "rows": n_rows,
+    }
 
 
 def peak_rss_child(layers: int, n: int, threads: int) -> float:

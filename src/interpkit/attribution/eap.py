@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 def split_inputs(model: Model) -> Iterator[None]:
     """Give every head its own copy of its q/k/v input and every MLP its own input, then restore."""
     bridge = model.bridge
-    before = (bool(getattr(bridge.cfg, "use_split_qkv_input", False)), bool(getattr(bridge.cfg, "use_hook_mlp_in", False)))
+    before = (
+        bool(getattr(bridge.cfg, "use_split_qkv_input", False)),
+        bool(getattr(bridge.cfg, "use_hook_mlp_in", False)),
+    )
     bridge.set_use_split_qkv_input(True)
     bridge.set_use_hook_mlp_in(True)
     model.refresh_hooks()  # some adapters (GPT-2's fused qkv) create hook points when the flag is set
@@ -92,7 +95,12 @@ def _receiver_names(model: Model) -> list[str]:
 
 
 def receiver_gradients(
-    model: Model, task: Task, tokens: torch.Tensor, metric: str, clean_logprobs: torch.Tensor, embed_path: torch.Tensor | None = None
+    model: Model,
+    task: Task,
+    tokens: torch.Tensor,
+    metric: str,
+    clean_logprobs: torch.Tensor,
+    embed_path: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """∂(mean metric)/∂(each receiver's input), ``(batch, pos, n_receivers, d_model)``, graph order.
 
@@ -122,7 +130,9 @@ def receiver_gradients(
         rows = torch.arange(len(batch), device=logits.device)
         values = fn(logits[rows, task.answer_pos[idx]], task.answer[idx], task.wrong[idx], clean_logprobs[idx])
         if not values.requires_grad:
-            raise AttributionError(f"metric {metric!r} has no gradient path to the activations; use logit_diff, logprob, prob or kl")
+            raise AttributionError(
+                f"metric {metric!r} has no gradient path to the activations; use logit_diff, logprob, prob or kl"
+            )
         (values.sum() / (n * steps)).backward()
     model.bridge.zero_grad(set_to_none=True)
     missing = [n for n in names if model.resolve_hook(n) not in grads]
@@ -181,7 +191,9 @@ def edge_scores(
         with torch.no_grad():
             b, p = delta.shape[:2]
             matrix = delta.reshape(b * p, delta.shape[2], -1).transpose(0, 1).reshape(delta.shape[2], -1).double()
-            matrix = matrix @ grads.reshape(b * p, grads.shape[2], -1).transpose(0, 1).reshape(grads.shape[2], -1).double().T
+            matrix = (
+                matrix @ grads.reshape(b * p, grads.shape[2], -1).transpose(0, 1).reshape(grads.shape[2], -1).double().T
+            )
             matrix = matrix.float()
     scores = matrix[graph.mask]
     return Result(
@@ -192,8 +204,14 @@ def edge_scores(
         clean_value=float(base["clean"].mean()),
         corrupt_value=float(base["corrupt"].mean()),
         kind="edge_attribution",
-        meta={"method": method, "direction": direction, "level": "edge", "ig_steps": ig_steps if method == "eap-ig" else None,
-              "n_senders": len(graph.senders), "n_receivers": len(graph.receivers)},
+        meta={
+            "method": method,
+            "direction": direction,
+            "level": "edge",
+            "ig_steps": ig_steps if method == "eap-ig" else None,
+            "n_senders": len(graph.senders),
+            "n_receivers": len(graph.receivers),
+        },
         extras={"matrix": matrix.cpu()},
         provenance=make_provenance(model, task, seed),
     )
@@ -211,7 +229,13 @@ def exact_edge_matrix(model: Model, task: Task, graph: Graph, direction: str, me
         senders = [i for i in range(len(graph.senders)) if graph.mask[i, r]]
         if not senders:
             continue
-        res = path_patch(model, task, [receiver.label], senders=[graph.senders[i].label for i in senders], direction=direction, metric=metric)
+        res = path_patch(
+            model,
+            task,
+            [receiver.label],
+            senders=[graph.senders[i].label for i in senders],
+            direction=direction,
+            metric=metric,
+        )
         matrix[senders, r] = res.scores - getattr(res, base_key)
     return matrix
-

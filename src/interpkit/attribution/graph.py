@@ -71,7 +71,8 @@ def build_graph(model: Model) -> Graph:
         receivers += [Node(f"L{layer}H{h}.q", "q", layer, h) for h in range(c.n_heads)]
         for kind in ("k", "v"):
             receivers += [
-                Node(f"L{layer}KV{g}.{kind}" if gqa else f"L{layer}H{g}.{kind}", kind, layer, g) for g in range(c.n_kv_heads)
+                Node(f"L{layer}KV{g}.{kind}" if gqa else f"L{layer}H{g}.{kind}", kind, layer, g)
+                for g in range(c.n_kv_heads)
             ]
         if not c.attn_only:
             senders.append(Node(f"L{layer}.mlp", "mlp", layer))
