@@ -9,16 +9,11 @@ import interpkit as ik
 from interpkit.attribution import AttributionError, atp, spearman
 from interpkit.hooks import hooks
 from interpkit.metrics import evaluate
-from interpkit.tasks import from_token_lists
+from tiny_models import random_task
 
 
 def _task(model, n=3, pos=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    v = model.cfg.d_vocab
-    clean = torch.randint(0, v, (n, pos), generator=g).tolist()
-    corrupt = torch.randint(0, v, (n, pos), generator=g).tolist()
-    answers = torch.randint(0, v, (2, n), generator=g).tolist()
-    return from_token_lists("rand", model, clean, corrupt, answers[0], answers[1])
+    return random_task(model, n, pos, seed)
 
 
 @pytest.mark.parametrize("site", ["head_out", "mlp_out", "resid_pre"])

@@ -9,17 +9,12 @@ from interpkit.attribution.eap import edge_scores, split_inputs
 from interpkit.attribution.graph import build_graph
 from interpkit.hooks import hooks
 from interpkit.metrics import evaluate
-from interpkit.tasks import from_token_lists
 from patching_reference import run_cache
+from tiny_models import random_task
 
 
 def _task(model, n=2, pos=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    v = model.cfg.d_vocab
-    clean = torch.randint(0, v, (n, pos), generator=g).tolist()
-    corrupt = torch.randint(0, v, (n, pos), generator=g).tolist()
-    answers = torch.randint(0, v, (2, n), generator=g).tolist()
-    return from_token_lists("rand", model, clean, corrupt, answers[0], answers[1])
+    return random_task(model, n, pos, seed)
 
 
 def test_graph_shape(tiny_llama, toy):

@@ -9,21 +9,14 @@ import interpkit as ik
 from interpkit.errors import SiteError, TaskError
 from interpkit.patching import PatchingError, ablate, patch
 from interpkit.patching._sources import derangement, mean_activation
-from interpkit.tasks import from_token_lists
 from patching_reference import literal_patch, run_cache
+from tiny_models import random_task
 
 ATOL = 1e-5
 
 
 def _task(model, n=3, pos=6, seed=0, ragged=False):
-    g = torch.Generator().manual_seed(seed)
-    v = model.cfg.d_vocab
-    clean = torch.randint(0, v, (n, pos), generator=g).tolist()
-    corrupt = torch.randint(0, v, (n, pos), generator=g).tolist()
-    if ragged:  # examples of different lengths: right padding, per-example answer positions
-        clean[0], corrupt[0] = clean[0][:-2], corrupt[0][:-2]
-    answers = torch.randint(0, v, (2, n), generator=g).tolist()
-    return from_token_lists("rand", model, clean, corrupt, answers[0], answers[1])
+    return random_task(model, n, pos, seed, ragged)
 
 
 SITES = [

@@ -9,19 +9,14 @@ from interpkit.errors import SiteError
 from interpkit.hooks import hooks
 from interpkit.metrics import METRICS
 from interpkit.patching import path_patch
-from interpkit.tasks import from_token_lists
 from patching_reference import run_cache
+from tiny_models import random_task
 
 ATOL = 1e-5
 
 
 def _task(model, n=2, pos=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    v = model.cfg.d_vocab
-    clean = torch.randint(0, v, (n, pos), generator=g).tolist()
-    corrupt = torch.randint(0, v, (n, pos), generator=g).tolist()
-    answers = torch.randint(0, v, (2, n), generator=g).tolist()
-    return from_token_lists("rand", model, clean, corrupt, answers[0], answers[1])
+    return random_task(model, n, pos, seed)
 
 
 def literal_path_patch(model, task, sender, receivers, direction="noise"):

@@ -42,3 +42,20 @@ def tiny_llama_with_tokenizer(tokenizer):
     hf = tiny_llama_hf()
     hf.resize_token_embeddings(len(tokenizer))
     return wrap_hf_model(hf, tokenizer, spec="tiny-tok")
+
+
+def random_task(model, n=3, pos=6, seed=0, ragged=False):
+    """A seeded task of random token prompts and answers for ``model`` (parity tests need no meaning).
+
+    ``ragged``: the first example is two tokens shorter (right padding, per-example answer positions).
+    """
+    from interpkit.tasks import from_token_lists
+
+    g = torch.Generator().manual_seed(seed)
+    v = model.cfg.d_vocab
+    clean = torch.randint(0, v, (n, pos), generator=g).tolist()
+    corrupt = torch.randint(0, v, (n, pos), generator=g).tolist()
+    if ragged:
+        clean[0], corrupt[0] = clean[0][:-2], corrupt[0][:-2]
+    answers = torch.randint(0, v, (2, n), generator=g).tolist()
+    return from_token_lists("rand", model, clean, corrupt, answers[0], answers[1])
