@@ -111,21 +111,27 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}, device: cpu, torch {torch.__version__}")
     report = {}
 
+    def show(key: str) -> None:
+        print(f"{key:<55} {json.dumps(report[key])}", flush=True)
+
     toy = ik.load_model("toy-induction")
     toy_task = ik.tasks.load("induction", toy, n=args.n, length=8, seed=0)
     report["toy head_out x pos"] = head_by_pos(toy, toy_task, run_tl=True)
+    show("toy head_out x pos")
     report["toy resid_pre x pos"] = resid_sweep(toy, toy_task)
+    show("toy resid_pre x pos")
 
     smol = ik.load_model("smollm2-135m")
     ioi = ik.tasks.load("ioi", smol, n=args.n, seed=0, templates="ABBA")
     ioi = ioi.subset([i for i in range(len(ioi)) if ioi.answer_pos[i] == ioi.answer_pos[0]])
     report["smollm2 head_out x pos"] = head_by_pos(smol, ioi, run_tl=not args.quick)
+    show("smollm2 head_out x pos")
     report["smollm2 resid_pre x pos"] = resid_sweep(smol, ioi)
+    show("smollm2 resid_pre x pos")
 
     mem = {f"{layers} layers": peak_rss_child(layers, args.n, args.threads) for layers in (3, 30)}
     report["smollm2 resid_pre x pos sweep, peak RSS growth (MB), 10x patches"] = mem
-    for key, row in report.items():
-        print(f"{key:<55} {json.dumps(row)}")
+    show("smollm2 resid_pre x pos sweep, peak RSS growth (MB), 10x patches")
 
 
 if __name__ == "__main__":
