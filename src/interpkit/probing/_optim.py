@@ -1,0 +1,128 @@
+"""Batched L-BFGS: many independent smooth problems minimised at once, each with its own step.
+
+The problems share nothing but the tensor they live in: every inner product, curvature pair,
+step length and stopping test is per problem, so one badly conditioned problem (a weakly
+regularised probe on a layer with huge activations) never slows or derails another. Only the
+matrix products that evaluate all the losses are shared, which is what makes fitting a probe for
+every layer and every regularisation strength cost about as much as fitting one. When most
+groups along the first axis (sites) have converged, the rest continue on a smaller copy of the
+data (``restrict``), so a few slow problems do not keep paying for the finished ones.
+
+The method is Nocedal and Wright (2006), *Numerical Optimization*, algorithm 7.4 (two-loop
+recursion) with a backtracking Armijo line search; curvature pairs with ``s.y <= 0`` are skipped.
+
+    >>> import torch
+    >>> from interpkit.probing._optim import lbfgs
+    >>> target = torch.tensor([[1.0, -2.0], [3.0, 0.5]])          # two problems, 2 parameters each
+    >>> fun = lambda x: (((x - target) ** 2).sum(1, keepdim=True), 2 * (x - target))
+    >>> lbfgs(fun, torch.zeros(2, 2), param_dims=(1,)).round(decimals=4)
+    tensor([[ 1.0000, -2.0000],
+            [ 3.0000,  0.5000]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+Objective = Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+
+
+def lbfgs(
+    fun: Objective,
+    x0: torch.Tensor,
+    param_dims: Sequence[int],
+    max_iter: int = 500,
+    history: int = 10,
+    tol: float = 1e-4,
+    ftol: float = 1e-9,
+    max_backtracks: int = 30,
+    precondition: torch.Tensor | None = None,
+    restrict: Callable[[torch.Tensor], Objective] | None = None,
+) -> torch.Tensor:
+    """Minimise every problem in ``x0`` at once; returns the solutions (same shape as ``x0``).
+
+    ``fun(x)`` returns the losses, shaped like ``x`` with size 1 on ``param_dims``, and the
+    gradient, shaped like ``x``. A problem stops when its largest gradient entry is below
+    ``tol``, its loss changes by less than ``ftol`` relative, or its line search fails.
+    ``precondition`` (broadcastable to ``x``, positive) is a diagonal initial inverse Hessian,
+    rescaled at each step by ``s.y / y.P.y`` as L-BFGS rescales the identity. ``restrict(index)``
+    returns the objective over the groups ``index`` of the first axis (``0 not in param_dims``).
+    """
+    import torch
+
+    dims = tuple(param_dims)
+    other = tuple(d for d in range(1, x0.ndim))
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(dims, keepdim=True)
+
+    out = x0.clone()
+    keep = torch.arange(x0.shape[0], device=x0.device)  # which groups the working tensors hold
+    x = x0.clone()
+    f, g = fun(x)
+    active = g.abs().amax(dims, keepdim=True) > tol
+    hist: list[list[torch.Tensor]] = []  # [s, y, rho] per stored pair
+    gamma = torch.ones_like(f)
+    diag = torch.ones_like(x) if precondition is None else precondition.expand_as(x).clone()
+    for it in range(max_iter):
+        if not bool(active.any()):
+            break
+        q = g.clone()
+        alphas = []
+        for s, y, rho in reversed(hist):
+            a = rho * dot(s, q)
+            q -= a * y
+            alphas.append(a)
+        q *= gamma * diag
+        for (s, y, rho), a in zip(hist, reversed(alphas), strict=True):
+            q += s * (a - rho * dot(y, q))
+        d = -q
+        gd = dot(g, d)
+        uphill = gd >= 0
+        if bool(uphill.any()):
+            d = torch.where(uphill, -g * diag, d)
+            gd = dot(g, d)
+        d = d * active
+        gd = gd * active
+        if it == 0 and precondition is None:
+            t = torch.clamp(1.0 / g.abs().sum(dims, keepdim=True).clamp_min(1e-12), max=1.0)
+        else:
+            t = torch.ones_like(f)
+        ok = ~active
+        for _ in range(max_backtracks):
+            x_new = x + t * d
+            f_new, g_new = fun(x_new)
+            ok = (f_new <= f + 1e-4 * t * gd) & torch.isfinite(f_new) | ~active
+            if bool(ok.all()):
+                break
+            t = torch.where(ok, t, t * 0.5)
+        accept = ok & active
+        step = torch.where(accept, x_new - x, torch.zeros_like(x))
+        dg = torch.where(accept, g_new - g, torch.zeros_like(g))
+        f_old = f
+        x = torch.where(accept, x_new, x)
+        f = torch.where(accept, f_new, f)
+        g = torch.where(accept, g_new, g)
+        sy = dot(step, dg)
+        curved = sy > 1e-10
+        rho = torch.where(curved, 1.0 / sy.clamp_min(1e-10), torch.zeros_like(sy))
+        gamma = torch.where(curved, sy / dot(dg * diag, dg).clamp_min(1e-20), gamma)
+        hist.append([step * curved, dg * curved, rho])
+        if len(hist) > history:
+            hist.pop(0)
+        small_change = (f_old - f).abs() <= ftol * torch.maximum(f.abs(), torch.ones_like(f))
+        active = active & ok & ~(small_change & accept) & (g.abs().amax(dims, keepdim=True) > tol)
+        live = active.flatten(1).any(1) if other else active
+        if restrict is not None and int(live.sum()) <= 0.6 * len(keep) and bool(live.any()):
+            out[keep] = x
+            sel = torch.nonzero(live)[:, 0]
+            keep = keep[sel]
+            x, f, g, gamma, active, diag = (t_[sel] for t_ in (x, f, g, gamma, active, diag))
+            hist = [[h[sel] for h in pair] for pair in hist]
+            fun = restrict(keep)
+    out[keep] = x
+    return out
