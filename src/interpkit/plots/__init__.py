@@ -1,7 +1,37 @@
-"""Plotly figures from Results; every function returns a ``plotly.graph_objects.Figure``."""
+"""Plotly figures from Results; every function returns a ``plotly.graph_objects.Figure``.
 
+One style (see ``_style``): diverging colours centred on zero for signed effects, hover text with
+the exact value, component and token, titles naming the metric and the patching direction.
+Reports (:mod:`interpkit.plots.report`) put figures into one self-contained HTML file.
+plotly itself is imported only when a figure is made.
+"""
+
+from interpkit.plots._attention import attention_pattern as attention_pattern
+from interpkit.plots._attribution import dla_bars as dla_bars
+from interpkit.plots._attribution import head_grid as head_grid
+from interpkit.plots._attribution import logit_lens_table as logit_lens_table
 from interpkit.plots._basic import bars as bars
 from interpkit.plots._basic import figure_for as figure_for
+from interpkit.plots._basic import fold_to_2d as fold_to_2d
 from interpkit.plots._basic import heatmap as heatmap
+from interpkit.plots._export import PlotExportError as PlotExportError
+from interpkit.plots._export import save_static as save_static
+from interpkit.plots._export import static_export_available as static_export_available
+from interpkit.plots._lines import line_bands as line_bands
+from interpkit.plots._lines import probe_accuracy as probe_accuracy
 
-__all__ = ["bars", "figure_for", "heatmap"]
+__all__ = [
+    "PlotExportError",
+    "attention_pattern",
+    "bars",
+    "dla_bars",
+    "figure_for",
+    "fold_to_2d",
+    "head_grid",
+    "heatmap",
+    "line_bands",
+    "logit_lens_table",
+    "probe_accuracy",
+    "save_static",
+    "static_export_available",
+]

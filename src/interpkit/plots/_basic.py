@@ -1,7 +1,17 @@
 """Generic plotly figures for any Result: heatmaps for 2-D scores, bars for 1-D.
 
-One style everywhere: a diverging colour scale centred on zero for signed scores, hover text
-with the exact value and both labels, and a title naming the metric.
+Patching results come out as ``(layer, pos)`` with the prompt's tokens as position labels,
+``(layer, head)``, or ``(layer, pos, head)`` (folded to ``L3H5`` rows x positions). Every cell's
+hover text gives both labels and the exact value, plus the normalised value (clean 1, corrupt
+0) where the result has clean and corrupt metric values.
+
+    >>> import torch
+    >>> from interpkit.results import Result
+    >>> from interpkit.plots import heatmap
+    >>> res = Result(torch.randn(2, 3), ("layer", "pos"), {"pos": ["When", " Mary", " and"]}, metric="logit_diff")
+    >>> fig = heatmap(res)
+    >>> list(fig.data[0].x)
+    ['When', ' Mary', ' and']
 """
 
 from __future__ import annotations
@@ -10,72 +20,170 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from interpkit.errors import ResultError
+from interpkit.plots._style import (
+    DIVERGING,
+    NEGATIVE,
+    POSITIVE,
+    SEQUENTIAL,
+    style,
+    symmetric_bound,
+    title_for,
+    unique_labels,
+)
 
 if TYPE_CHECKING:
     from interpkit.results import Result
 
-DIVERGING = "RdBu"
 
-
-def _axis_labels(result: Result, dim: str) -> list[str]:
+def axis_labels(result: Result, dim: str) -> list[str]:
+    """The labels of ``dim`` (indices as text where the result has none)."""
     size = result.scores.shape[result.dims.index(dim)]
     return list(result.labels.get(dim) or [str(i) for i in range(size)])
 
 
-def _title(result: Result, title: str | None) -> str:
-    if title:
-        return title
-    parts = [result.kind]
-    if result.metric:
-        parts.append(f"metric: {result.metric}")
-    if "direction" in result.meta:
-        parts.append(f"{result.meta['direction']}")
-    return " · ".join(parts)
+def baseline(result: Result) -> float | None:
+    """The metric of the run a patching result patched into (corrupt for denoising, else clean)."""
+    if result.kind != "patch" or result.clean_value is None or result.corrupt_value is None:
+        return None
+    direction = (result.meta or {}).get("direction")
+    return float(result.corrupt_value if direction == "denoise" else result.clean_value)
 
 
-def heatmap(result: Result, title: str | None = None, normalised: bool = False) -> Any:
-    """Heatmap of a 2-D result, first dim on the y axis, colour centred on zero."""
+def displayed(result: Result, normalised: bool = False, relative: bool | None = None) -> tuple[Any, str, list]:
+    """What a figure shows: ``(values, their name, [(name, values) for the hover])`` as numpy arrays.
+
+    Patching results default to ``relative``: the change from the run that was patched into,
+    so zero (white) means "no effect" whatever the baseline. ``normalised``: clean 1, corrupt 0.
+    """
+    raw = result.scores.detach().float().cpu().numpy()
+    metric = result.metric or "score"
+    extra: list = []
+    base = baseline(result)
+    can_normalise = result.clean_value is not None and result.corrupt_value is not None
+    can_normalise = can_normalise and result.clean_value != result.corrupt_value
+    norm = result.normalised().detach().float().cpu().numpy() if can_normalise else None
+    if normalised:
+        if norm is None:
+            result.normalised()  # raises the ResultError that says why
+        values, name = norm, f"normalised {metric}"
+        extra.append((metric, raw))
+    elif (relative is None and base is not None) or (relative and base is not None):
+        values, name = raw - base, f"change in {metric}"
+        extra.append((metric, raw))
+        if norm is not None:
+            extra.append(("normalised", norm))
+    else:
+        values, name = raw, metric
+        if norm is not None:
+            extra.append(("normalised", norm))
+    return values, name, extra
+
+
+def heatmap(
+    result: Result,
+    title: str | None = None,
+    normalised: bool = False,
+    signed: bool = True,
+    zmax: float | None = None,
+    height: int | None = None,
+    relative: bool | None = None,
+) -> Any:
+    """Heatmap of a 2-D result, first dim on the y axis (top to bottom), second on x.
+
+    ``signed``: a diverging scale centred on zero (default) or, for non-negative scores such as
+    attention or head scores, a sequential one from 0. ``zmax`` fixes the colour bound.
+    ``relative`` / ``normalised``: see :func:`displayed` (patching results show the change from
+    their baseline run by default).
+    """
     import plotly.graph_objects as go
 
     if result.scores.ndim != 2:
         raise ResultError(f"heatmap needs a 2-D result; this one has dims {result.dims}")
-    values = (result.normalised() if normalised else result.scores).detach().float().cpu()
+    values, name, extra = displayed(result, normalised, relative)
     ydim, xdim = result.dims
-    y, x = _axis_labels(result, ydim), _axis_labels(result, xdim)
-    # Plotly joins identical category labels; make repeated tokens distinct by position.
-    x_unique = [f"{lab} ({i})" if x.count(lab) > 1 else lab for i, lab in enumerate(x)]
-    bound = float(values.abs().max()) or 1.0
+    y, x = unique_labels(axis_labels(result, ydim)), unique_labels(axis_labels(result, xdim))
+    hover = [
+        [
+            f"{ydim}: {y[i]}<br>{xdim}: {x[j]}<br>{name}: {values[i, j]:.6g}"
+            + "".join(f"<br>{n}: {v[i, j]:.4g}" for n, v in extra)
+            for j in range(len(x))
+        ]
+        for i in range(len(y))
+    ]
+    bound = zmax or symmetric_bound(values)
+    scale = (
+        {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -bound, "zmax": bound}
+        if signed
+        else {"colorscale": SEQUENTIAL, "zmin": 0.0, "zmax": bound}
+    )
     fig = go.Figure(
         go.Heatmap(
-            z=values.numpy(),
-            x=x_unique,
+            z=values,
+            x=x,
             y=y,
-            colorscale=DIVERGING,
-            zmid=0.0,
-            zmin=-bound,
-            zmax=bound,
-            hovertemplate=f"{ydim}: %{{y}}<br>{xdim}: %{{x}}<br>value: %{{z:.6g}}<extra></extra>",
-            colorbar={"title": "normalised" if normalised else (result.metric or "score")},
+            text=hover,
+            hovertemplate="%{text}<extra></extra>",
+            colorbar={"title": {"text": name}},
+            xgap=1,
+            ygap=1,
+            **scale,
         )
     )
-    fig.update_layout(title=_title(result, title), xaxis_title=xdim, yaxis_title=ydim, yaxis={"autorange": "reversed"})
+    rows = len(y)
+    style(
+        fig,
+        title_for(result, title, metric=name),
+        height=height or min(1400, max(320, 140 + 22 * rows)),
+        xaxis={"title": {"text": xdim}, "tickangle": -45 if xdim in ("pos", "src", "dest_src") else 0},
+        yaxis={"title": {"text": ydim}, "autorange": "reversed"},
+    )
     return fig
 
 
-def bars(result: Result, title: str | None = None, normalised: bool = False) -> Any:
-    """Bar chart of a 1-D result, bars coloured by sign."""
+def bars(
+    result: Result,
+    title: str | None = None,
+    normalised: bool = False,
+    error: Any = None,
+    height: int | None = None,
+    relative: bool | None = None,
+) -> Any:
+    """Bar chart of a 1-D result, bars coloured by sign; ``error`` (same length) draws error bars."""
     import plotly.graph_objects as go
 
     if result.scores.ndim != 1:
         raise ResultError(f"bars needs a 1-D result; this one has dims {result.dims}")
-    values = (result.normalised() if normalised else result.scores).detach().float().cpu().tolist()
+    values, name, extra = displayed(result, normalised, relative)
     (dim,) = result.dims
-    x = _axis_labels(result, dim)
-    colours = ["#b2182b" if v < 0 else "#2166ac" for v in values]
+    x = unique_labels(axis_labels(result, dim))
+    hover = [
+        f"{dim}: {x[i]}<br>{name}: {values[i]:.6g}" + "".join(f"<br>{n}: {v[i]:.4g}" for n, v in extra)
+        for i in range(len(x))
+    ]
+    error_y = None
+    if error is not None:
+        errors = [float(e) for e in (error.tolist() if hasattr(error, "tolist") else error)]
+        if len(errors) != len(x):
+            raise ResultError(f"bars got {len(errors)} error values for {len(x)} bars")
+        error_y = {"type": "data", "array": errors, "thickness": 1, "color": "#555"}
     fig = go.Figure(
-        go.Bar(x=x, y=values, marker_color=colours, hovertemplate=f"{dim}: %{{x}}<br>value: %{{y:.6g}}<extra></extra>")
+        go.Bar(
+            x=x,
+            y=values.tolist(),
+            marker_color=[NEGATIVE if v < 0 else POSITIVE for v in values.tolist()],
+            error_y=error_y,
+            text=hover,
+            textposition="none",
+            hovertemplate="%{text}<extra></extra>",
+        )
     )
-    fig.update_layout(title=_title(result, title), xaxis_title=dim, yaxis_title=result.metric or "score")
+    style(
+        fig,
+        title_for(result, title, metric=name),
+        height=height or 380,
+        xaxis={"title": {"text": dim}, "tickangle": -45 if len(x) > 12 else 0},
+        yaxis={"title": {"text": name}, "zeroline": True, "zerolinecolor": "#888"},
+    )
     return fig
 
 
@@ -84,7 +192,6 @@ def fold_to_2d(result: Result) -> Result:
 
     ``(layer, pos, head)`` becomes rows ``L3H5`` x columns ``pos``.
     """
-
     col = next((d for d in ("pos", "dest_src", "src") if d in result.dims), result.dims[-1])
     rows = [d for d in result.dims if d != col]
     order = [result.dims.index(d) for d in (*rows, col)]
@@ -106,7 +213,14 @@ def fold_to_2d(result: Result) -> Result:
 
 
 def figure_for(result: Result, **kwargs: Any) -> Any:
-    """The default figure of a result: heatmap for 2-D (3-D folded to 2-D), bars for 1-D."""
+    """The default figure of a result: heatmap for 2-D (3-D folded to 2-D), bars for 1-D.
+
+    Probe results ``(site, metric, stat)`` get the probe accuracy line with its error band.
+    """
+    if result.kind == "probe" and result.dims == ("site", "metric", "stat"):
+        from interpkit.plots._lines import probe_accuracy
+
+        return probe_accuracy(result, **kwargs)
     if result.scores.ndim >= 3:
         return heatmap(fold_to_2d(result), **kwargs)
     if result.scores.ndim == 2:
