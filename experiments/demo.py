@@ -1,11 +1,24 @@
-"""The main job: load the embedded model and show what interpkit measures on it.
+"""The main job: what interpkit finds in the embedded model, as one self-contained HTML report.
 
 Usage:
-    python experiments/demo.py [--model smollm2-135m] [--n 16] [--seed 0] [--device cpu]
+    .venv/bin/python experiments/demo.py                              # embedded SmolLM2-135M, 2 CPU cores
+    .venv/bin/python experiments/demo.py --n 16 --n_per_position 8    # more prompts (slower)
+    .venv/bin/python experiments/demo.py --no-per_position            # quicker
+    .venv/bin/python experiments/demo.py --model toy-induction        # a token-id model: induction part only
 
-Loads the embedded SmolLM2-135M (no download), prints a greedy continuation, and the metric
-(logit difference, answer vs wrong token) on the clean and corrupt runs of the IOI and
-induction tasks. Writes runs/demo/result.json with the numbers and their provenance.
+Loads the embedded SmolLM2-135M (no download) and writes runs/demo/report.html and
+runs/demo/result.json:
+
+1. Induction heads (Olsson et al. 2022): previous-token and induction scores of every head on
+   repeated random tokens, the attention patterns of the strongest heads (with a head picker),
+   and the induction task's logit difference on clean and corrupted prompts.
+2. Indirect object identification (Wang et al. 2022): the logit difference between the right
+   and the wrong name, activation patching of every head's output (denoising: clean into the
+   corrupted run, whose names are all different), patching of the residual stream per layer and
+   position, direct logit attribution of every head and MLP, and the logit lens on one prompt.
+
+Every number in the report carries its provenance (model hash, dtype, task hash, seed, package
+versions, this command line).
 """
 
 from __future__ import annotations
@@ -13,56 +26,329 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
+import sys
 import time
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 import interpkit as ik
-from interpkit.results import make_provenance, write_text_atomic
+from interpkit import plots
+from interpkit.attribution.head_scores import head_patterns, induction_scores, previous_token_scores
+from interpkit.plots.report import write_report
+from interpkit.results import Result, make_provenance, write_text_atomic
 
 
 @dataclasses.dataclass
 class DemoConfig:
     model: str = "smollm2-135m"
-    n: int = 16
+    n: int = 4  # IOI prompts (one template, so every position lines up; names vary)
+    n_induction: int = 8  # repeated random sequences
+    induction_length: int = 16  # tokens per repeated block
+    per_position: bool = True  # also patch the residual stream per layer and position ...
+    n_per_position: int = 2  # ... on this many of the IOI prompts
+    layers_per_step: int = 5  # patching runs this many layers per progress step
+    top_heads: int = 6  # attention patterns shown
+    probe: bool = True  # probe every layer for the subject's grammatical number
     seed: int = 0
+    threads: int = 0  # torch threads; 0: all cores on an idle machine, 1 on a busy one
     device: str | None = None
     dtype: str | None = None
     out: str = "runs/demo"
 
 
+def config_dict(cfg) -> dict:
+    """The config as JSON-ready values (a Model object given as ``model`` is recorded by its spec)."""
+    plain = (str, int, float, bool, type(None))
+    out = {}
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        out[field.name] = value if isinstance(value, plain) else getattr(value, "spec", repr(value))
+    return out
+
+
+def timed(label: str, timings: dict[str, float]):
+    """Context manager that prints and records how long a step took."""
+
+    class _Timer:
+        def __enter__(self) -> None:
+            self.start = time.perf_counter()
+            print(f"- {label} ...", flush=True)
+
+        def __exit__(self, *exc: object) -> None:
+            timings[label] = round(time.perf_counter() - self.start, 1)
+            print(f"  {label}: {timings[label]} s", flush=True)
+
+    return _Timer()
+
+
+def patch_in_steps(model: ik.Model, task: ik.Task, site: str, cfg: DemoConfig, **options) -> Result:
+    """``ik.patch`` over all layers, a few layers at a time with a progress bar; one Result."""
+    layers = list(range(model.cfg.n_layers))
+    steps = [layers[i : i + cfg.layers_per_step] for i in range(0, len(layers), cfg.layers_per_step)]
+    parts = [ik.patch(model, task, site, layers=chunk, **options) for chunk in tqdm(steps, desc=site, unit="step")]
+    first = parts[0]
+    labels = dict(first.labels)
+    labels["layer"] = [lab for part in parts for lab in part.labels["layer"]]
+    extras = dict(first.extras)
+    extras["per_example"] = torch.cat([part.extras["per_example"] for part in parts])
+    return dataclasses.replace(first, scores=torch.cat([part.scores for part in parts]), labels=labels, extras=extras)
+
+
+def top_heads(scores: torch.Tensor, k: int) -> list[tuple[str, float]]:
+    n_heads = scores.shape[1]
+    order = torch.argsort(scores.flatten(), descending=True)[:k].tolist()
+    return [(f"L{i // n_heads}H{i % n_heads}", float(scores.flatten()[i])) for i in order]
+
+
+def head_result(scores: torch.Tensor, what: str) -> Result:
+    n_layers, n_heads = scores.shape
+    labels = {"layer": [f"L{i}" for i in range(n_layers)], "head": [f"H{h}" for h in range(n_heads)]}
+    return Result(scores.float(), ("layer", "head"), labels, metric=what, kind=what)
+
+
+def induction_part(model: ik.Model, cfg: DemoConfig, timings: dict) -> tuple[list, dict]:
+    with timed("induction heads", timings):
+        task = ik.tasks.load("induction", model, n=cfg.n_induction, length=cfg.induction_length, seed=cfg.seed)
+        values = ik.metrics.clean_and_corrupt(model, task)
+        patterns = head_patterns(model, task.clean)  # (layer, batch, head, q_pos, k_pos)
+        prev = previous_token_scores(patterns).cpu()
+        ind = induction_scores(patterns, task.clean).cpu()
+    top_ind, top_prev = top_heads(ind, cfg.top_heads), top_heads(prev, 2)
+    shown = list(dict.fromkeys([h for h, _ in top_ind] + [h for h, _ in top_prev]))
+    index = [(int(h[1 : h.index("H")]), int(h[h.index("H") + 1 :])) for h in shown]
+    example = torch.stack([patterns[lay, 0, head] for lay, head in index])  # (head, q_pos, k_pos)
+    tokens = model.to_str_tokens(task.clean[0])
+    picker = plots.attention_pattern(
+        example,
+        tokens,
+        head_labels=shown,
+        scores=[float(ind[lay, head]) for lay, head in index],
+        score_name="induction score",
+        title="Attention on a repeated random sequence",
+    )
+    sections = [
+        (
+            "Induction heads: scores",
+            [
+                f"{len(task)} sequences of {cfg.induction_length} random tokens, then the same tokens again. "
+                "An induction head attends from a repeated token to the token that followed its first "
+                "occurrence; a previous-token head attends one position back.",
+                plots.heatmap(
+                    head_result(ind, "induction score"),
+                    signed=False,
+                    zmax=1.0,
+                    title="Induction score per head (mean attention to the token after the earlier copy)",
+                ),
+                plots.heatmap(
+                    head_result(prev, "previous-token score"),
+                    signed=False,
+                    zmax=1.0,
+                    title="Previous-token score per head (mean attention to the position before)",
+                ),
+            ],
+        ),
+        ("Induction heads: attention patterns (pick a head)", picker),
+        (
+            "Induction task",
+            {
+                "metric": values["metric"],
+                "clean (second block predictable)": round(values["clean"], 4),
+                "corrupt (first block replaced)": round(values["corrupt"], 4),
+                **{f"induction head {i + 1}": f"{h}: {s:.3f}" for i, (h, s) in enumerate(top_ind)},
+                **{f"previous-token head {i + 1}": f"{h}: {s:.3f}" for i, (h, s) in enumerate(top_prev)},
+            },
+        ),
+    ]
+    summary = {
+        "metric": values["metric"],
+        "clean": values["clean"],
+        "corrupt": values["corrupt"],
+        "task_hash": task.hash(),
+        "top_induction_heads": top_ind,
+        "top_previous_token_heads": top_prev,
+    }
+    return sections, summary
+
+
+def ioi_part(model: ik.Model, cfg: DemoConfig, timings: dict) -> tuple[list, dict]:
+    task = ik.tasks.load("ioi", model, n=cfg.n, seed=cfg.seed, templates=[0])
+    values = ik.metrics.clean_and_corrupt(model, task)
+    print(f"  IOI logit difference: clean {values['clean']:+.3f}, corrupt {values['corrupt']:+.3f}")
+    sections: list = [
+        (
+            "IOI: the task",
+            [
+                f"{len(task)} prompts like {task.clean_text[0]!r} -> answer {model.to_str_tokens(task.answer[:1])[0]!r}. "
+                "The corrupted prompts use three new names, so they carry no information about the answer. "
+                "Metric: logit(right name) - logit(wrong name).",
+                {"clean": round(values["clean"], 4), "corrupt": round(values["corrupt"], 4)},
+            ],
+        )
+    ]
+    summary: dict = {"metric": values["metric"], "clean": values["clean"], "corrupt": values["corrupt"]}
+    with timed("IOI head patching", timings):
+        heads = patch_in_steps(model, task, "head_out", cfg, direction="denoise")
+    sections.append(("IOI: patching each head's output", heads.figure()))
+    summary["head_patching_top"] = heads.top(8)
+    if cfg.per_position:
+        with timed("IOI residual stream patching per position", timings):
+            few = task.subset(slice(0, cfg.n_per_position))
+            resid = patch_in_steps(model, few, "resid_pre", cfg, per_position=True, direction="denoise")
+        sections.append(("IOI: patching the residual stream per layer and position", resid.figure()))
+        summary["resid_patching_top"] = resid.top(8)
+    with timed("IOI direct logit attribution and logit lens", timings):
+        cache = ik.cache.run(model, task)
+        attrs = cache.logit_attrs(task.answer, task.wrong)  # (component, batch, pos)
+        rows = torch.arange(len(task), device=attrs.scores.device)
+        at_answer = attrs.scores[:, rows, task.answer_pos.to(attrs.scores.device)].cpu()  # (component, batch)
+        dla = Result(
+            at_answer, ("component", "batch"), attrs.labels, metric="logit_diff", kind="direct logit attribution"
+        )
+        lens = ik.cache.run(model, task.clean[:1]).logit_lens()  # one prompt: (layer, 1, pos, d_vocab) is big
+    sections += [
+        (
+            "IOI: direct logit attribution",
+            [
+                "Each component's output pushed through the final norm (at this run's scale) and the unembedding, "
+                "projected on logit(right) - logit(wrong), at the answer position; the components sum to the "
+                f"model's logit difference (here {float(at_answer.sum(0).mean()):+.3f}). Whiskers: standard error over prompts.",
+                plots.dla_bars(dla, top=20),
+                plots.head_grid(dla),
+            ],
+        ),
+        (
+            "IOI: logit lens on the first prompt",
+            plots.logit_lens_table(
+                lens, decode=model.to_str_tokens, tokens=model.to_str_tokens(task.clean[0]), answer=int(task.answer[0])
+            ),
+        ),
+    ]
+    summary["dla_all"] = list(zip(dla.labels["component"], at_answer.mean(1).tolist(), strict=True))
+    summary["dla_top"] = sorted(summary["dla_all"], key=lambda item: -abs(item[1]))[:8]  # mean over prompts
+    summary["task_hash"] = task.hash()
+    return sections, summary
+
+
+PROBE_DATA = Path(__file__).resolve().parent / "data" / "subject_number.jsonl"
+
+
+def probe_part(model: ik.Model, cfg: DemoConfig, timings: dict) -> tuple[list, dict]:
+    """Linear probes for the subject's grammatical number at the last token, every layer, with a shuffled baseline."""
+    from interpkit import probing
+
+    rows = [json.loads(line) for line in PROBE_DATA.read_text().splitlines() if line.strip()]
+    with timed(f"probing {len(rows)} prompts on every layer", timings):
+        ds = probing.collect(
+            model,
+            [probing.strip_marks(r["text"])[0] for r in rows],
+            [r["label"] for r in rows],
+            classes=["singular", "plural"],
+            seed=cfg.seed,
+        )
+        res = probing.probe(ds)
+        shuffled = probing.shuffled_labels(ds, n_shuffles=2)
+    accuracy = res.scores[:, res.labels["metric"].index("accuracy"), 0]
+    best = int(accuracy.argmax())
+    sections = [
+        (
+            "Probing: where is the subject's number?",
+            [
+                f"{len(rows)} prompts like {probing.strip_marks(rows[0]['text'])[0]!r}; label: is the subject singular "
+                "or plural (the last noun is an attractor of either number, so the last word alone does not tell). "
+                "A logistic probe per layer on the last token's residual stream (all layers fitted as one batch, L2 "
+                "strength chosen on a validation split), test accuracy with its 95% band, against probes fitted "
+                "on shuffled labels.",
+                probing.accuracy_by_layer(res, shuffled=shuffled),
+            ],
+        )
+    ]
+    summary = {
+        "n": len(rows),
+        "accuracy_by_site": dict(zip(res.labels["site"], [round(float(a), 4) for a in accuracy], strict=True)),
+        "best_site": res.labels["site"][best],
+        "best_accuracy": float(accuracy[best]),
+    }
+    print(f"  best probe: {summary['best_site']} accuracy {summary['best_accuracy']:.3f}")
+    return sections, summary
+
+
+def choose_threads(requested: int) -> int:
+    """``requested``, or for 0: every core when the machine is idle, one when it is busy.
+
+    On a CPU shared with other jobs, torch's threads spin waiting for each other; one thread
+    was several times faster than two on a loaded 2-core machine.
+    """
+    if requested > 0:
+        return requested
+    cores = os.cpu_count() or 1
+    busy = os.getloadavg()[0] > 0.5 * cores if hasattr(os, "getloadavg") else False
+    return 1 if busy else cores
+
+
 def main(cfg: DemoConfig) -> dict:
+    torch.set_num_threads(choose_threads(cfg.threads))
+    print(f"torch threads: {torch.get_num_threads()}")
+    command = " ".join([sys.argv[0], *sys.argv[1:]]) if sys.argv and sys.argv[0] else "demo.main()"
+    timings: dict[str, float] = {}
     start = time.perf_counter()
-    model = ik.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    load_s = time.perf_counter() - start
-    print(f"loaded {model} in {load_s:.1f} s")
+    with timed("load model", timings):
+        model = ik.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    print(f"  {model}")
+    sections: list = []
+    report: dict = {"model": model.spec, "tasks": {}}
     if model.tokenizer is not None:
         prompt = "The capital of France is"
-        print(f"greedy: {model.generate(prompt, max_new_tokens=8)!r}")
-
-    report: dict = {"load_seconds": round(load_s, 2), "tasks": {}}
-    task_names = ["ioi", "induction"] if model.tokenizer is not None else ["induction"]
-    for name in task_names:
-        task = ik.tasks.load(name, model, n=cfg.n, seed=cfg.seed)
-        values = ik.metrics.clean_and_corrupt(model, task)
-        print(
-            f"{name:<10} n={len(task):<3} {values['metric']}: clean {values['clean']:+.3f}   corrupt {values['corrupt']:+.3f}"
+        text = model.generate(prompt, max_new_tokens=8)
+        print(f"  greedy: {text!r}")
+        sections.append(
+            ("The model", {"model": model.name, "greedy continuation": text, **dataclasses.asdict(model.cfg)})
         )
-        report["tasks"][name] = {
-            "metric": values["metric"],
-            "clean": values["clean"],
-            "corrupt": values["corrupt"],
-            "task_hash": task.hash(),
-        }
+    ind_sections, report["tasks"]["induction"] = induction_part(model, cfg, timings)
+    sections += ind_sections
+    if model.tokenizer is not None:
+        ioi_sections, report["tasks"]["ioi"] = ioi_part(model, cfg, timings)
+        sections += ioi_sections
+        if cfg.probe:
+            probe_sections, report["tasks"]["probe"] = probe_part(model, cfg, timings)
+            sections += probe_sections
+    else:
+        sections.append(("IOI", f"skipped: {model.spec} has no tokenizer, and the IOI task is built from text"))
+    report["seconds"] = timings | {"total": round(time.perf_counter() - start, 1)}
     report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
-    report["spec"] = make_provenance(model, seed=cfg.seed, config=dataclasses.asdict(cfg))
-    path = write_text_atomic(Path(cfg.out) / "result.json", json.dumps(report, indent=2) + "\n")
-    print(f"peak RAM {report['peak_rss_gb']} GB; wrote {path}")
+    report["spec"] = make_provenance(model, seed=cfg.seed, config=config_dict(cfg), command=command)
+    out = Path(cfg.out)
+    write_text_atomic(out / "result.json", json.dumps(report, indent=2, default=str) + "\n")
+    sections.append(("Timings (seconds)", report["seconds"]))
+    path = write_report(
+        out / "report.html",
+        f"interpkit demo: {model.name}",
+        sections,
+        report["spec"],
+        command,
+        intro="Induction heads and indirect object identification, measured with interpkit. Hover over any "
+        "cell for its exact value; patching results also show the normalised value (clean 1, corrupt 0).",
+    )
+    print(
+        f"total {report['seconds']['total']} s, peak RAM {report['peak_rss_gb']} GB; wrote {out / 'result.json'} and {path}"
+    )
     return report
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(DemoConfig):
-        parser.add_argument(f"--{field.name}", type=int if field.type == "int" else str, default=field.default)
-    main(DemoConfig(**vars(parser.parse_args())))
+        if isinstance(field.default, bool):
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default)
+        elif isinstance(field.default, int):
+            parser.add_argument(f"--{field.name}", type=int, default=field.default)
+        else:
+            parser.add_argument(f"--{field.name}", default=field.default)
+    return DemoConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())
