@@ -15,6 +15,8 @@ from interpkit import errors as errors
 from interpkit import hooks as hooks
 from interpkit import metrics as metrics
 from interpkit import patching as patching
+from interpkit import plots as plots
+from interpkit import probing as probing
 from interpkit import sites as sites
 from interpkit import tasks as tasks
 from interpkit.attribution import attribute as attribute
@@ -41,6 +43,8 @@ __all__ = [
     "metrics",
     "patch",
     "patching",
+    "plots",
+    "probing",
     "sites",
     "tasks",
 ]

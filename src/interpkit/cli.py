@@ -161,6 +161,40 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from interpkit.attribution import attribute
+
+    model = _load(args)
+    task = _task_from_args(args, model)
+    options: dict[str, Any] = _parse_params(args.option)
+    if args.site is not None:
+        options["site"] = args.site
+    result = attribute(model, task, method=args.method, level=args.level, **options)
+    for label, value in result.top(5):
+        print(f"  {label:<30} {value:+.4f}")
+    check = result.extras.get("check") if isinstance(result.extras, dict) else None
+    if isinstance(check, dict) and "spearman_vs_exact" in check:
+        print(
+            f"  rank correlation with exact patching on {check.get('n_components', '?')}: {check['spearman_vs_exact']:+.3f}"
+        )
+    _write_outputs(args, result, f"Attribution: {args.method} ({args.level}) on {task.name}")
+    return 0
+
+
+EXAMPLES = {
+    "models": "interpkit models",
+    "hooks": "interpkit hooks --model toy-induction --filter attn",
+    "sites": "interpkit sites --model toy-induction --kind z",
+    "run-task": "interpkit run-task --model smollm2-135m --task ioi --n 16",
+    "patch": "interpkit patch --model smollm2-135m --task ioi --n 8 --site head_out --out runs/ioi-heads",
+    "attribute": "interpkit attribute --model smollm2-135m --task ioi --n 16 --method eap-ig --level edge --out runs/ioi-eap",
+}
+
+
+def _example(name: str) -> dict[str, Any]:
+    return {"epilog": f"example:\n  {EXAMPLES[name]}", "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interpkit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,16 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
         p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's own)")
 
-    p = sub.add_parser("models", help="list registry models and whether they load here")
+    p = sub.add_parser("models", **_example("models"), help="list registry models and whether they load here")
     p.set_defaults(fn=cmd_models)
 
-    p = sub.add_parser("hooks", help="list a model's hook points (aliases folded)")
+    p = sub.add_parser("hooks", **_example("hooks"), help="list a model's hook points (aliases folded)")
     with_model(p)
     p.add_argument("--filter", default=None, help="show only names containing this text")
     p.add_argument("--aliases", action="store_true", help="also print every other name of each hook point")
     p.set_defaults(fn=cmd_hooks)
 
-    p = sub.add_parser("sites", help="list a model's component labels (L3H5, L3.mlp, ...)")
+    p = sub.add_parser("sites", **_example("sites"), help="list a model's component labels (L3H5, L3.mlp, ...)")
     with_model(p)
     p.add_argument(
         "--kind", default=None, help="only this kind: resid_pre, attn_out, mlp_out, z, q, k, v, pattern, ..."
@@ -195,13 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metric", default=None, help="logit_diff (default), logprob, prob, kl, accuracy")
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra generator parameter")
 
-    p = sub.add_parser("run-task", help="print a task's metric on the clean and corrupt runs")
+    p = sub.add_parser("run-task", **_example("run-task"), help="print a task's metric on the clean and corrupt runs")
     with_model(p)
     with_task(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(fn=cmd_run_task)
 
-    p = sub.add_parser("patch", help="activation patching sweep over one site kind; writes result.json + report.html")
+    p = sub.add_parser(
+        "patch",
+        **_example("patch"),
+        help="activation patching sweep over one site kind; writes result.json + report.html",
+    )
     with_model(p)
     with_task(p)
     p.add_argument(
@@ -218,9 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_patch)
 
+    p = sub.add_parser(
+        "attribute", **_example("attribute"), help="node or edge attribution; writes result.json + report.html"
+    )
+    with_model(p)
+    with_task(p)
+    p.add_argument("--method", default="eap", help="node: atp, atp*, ig, exact; edge: eap, eap-ig, exact")
+    p.add_argument("--level", default="edge", help="node or edge (default: edge)")
+    p.add_argument("--site", default=None, help="node level: the site kind (default: head_out)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(fn=cmd_attribute)
+
     from interpkit.cache.cli import add_parsers as add_cache_parsers
 
     add_cache_parsers(sub, with_model)
+    from interpkit.probing.cli import add_parsers as add_probe_parsers
+
+    add_probe_parsers(sub, with_model)
     return parser
 
 

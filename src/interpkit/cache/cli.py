@@ -108,7 +108,12 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: Any, with_model: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Add ``cache`` and ``cache-info`` to ``subparsers``; ``with_model`` adds --model/--device/--dtype."""
     with_model = with_model or _default_with_model
-    p = subparsers.add_parser("cache", help="harvest activations over a dataset into a sharded store on disk")
+    p = subparsers.add_parser(
+        "cache",
+        epilog='example:\n  interpkit cache --model smollm2-135m --data texts.txt --sites "L*.resid_post" --out acts/',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="harvest activations over a dataset into a sharded store on disk",
+    )
     with_model(p)
     p.add_argument("--data", required=True, help="text file (one text per line), .jsonl, or a datasets folder")
     p.add_argument("--sites", required=True, nargs="+", help="site labels, hook names or wildcards (L*.resid_post)")
@@ -130,7 +135,12 @@ def add_parsers(subparsers: Any, with_model: Callable[[argparse.ArgumentParser],
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_cache)
 
-    p = subparsers.add_parser("cache-info", help="summarise an activation store (and verify its checksums)")
+    p = subparsers.add_parser(
+        "cache-info",
+        epilog="example:\n  interpkit cache-info acts/ --verify",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="summarise an activation store (and verify its checksums)",
+    )
     p.add_argument("store", help="the store's folder")
     p.add_argument("--verify", action="store_true", help="check every shard's sha256")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
