@@ -1,0 +1,176 @@
+"""Circuit discovery: pick the edges of a circuit from edge scores, or by ablating edges (ACDC).
+
+Selections over edge scores (EAP, EAP-IG or exact edge patching, see
+:mod:`interpkit.attribution.eap`), all by the magnitude of the score since an edge that moves
+the metric either way is part of the mechanism:
+
+* ``top_n``: the ``n_edges`` edges with the largest |score| (Syed et al. 2023);
+* ``threshold``: every edge with |score| >= ``threshold``;
+* ``greedy``: Hanna et al. 2024 ("Have faith in faithfulness", §4): start from ``logits`` and
+  repeatedly add the highest-|score| edge whose receiver's component is already in the circuit,
+  until ``n_edges``. The result is connected by construction, so fewer edges are lost to pruning.
+
+``acdc`` (Conmy et al. 2023, "Towards automated circuit discovery", Algorithm 1) needs no
+scores: starting from the full graph, it visits receivers from ``logits`` backwards in reverse
+topological order and, for each incoming edge (latest sender first), patches that edge to its
+ablated value in a real forward; the edge stays removed when the metric (KL divergence to the
+full model by default, or the task metric) changes by less than ``tau``. See ``_acdc``.
+
+Every selection is pruned afterwards (:meth:`Circuit.prune`): edges off every embed -> logits
+path are dropped, so a circuit can have fewer edges than asked for.
+
+    >>> import interpkit as ik
+    >>> from interpkit.circuits import discover_circuit, edge_removal_scores
+    >>> model = ik.load_model("toy-induction")
+    >>> task = ik.tasks.load("induction", model, n=8)
+    >>> circ = discover_circuit(model, task, scores=edge_removal_scores(model, task), n_edges=20)
+    >>> len(circ) <= 20
+    True
+    >>> len(discover_circuit(model, task, select="acdc", tau=0.05)) > 0
+    True
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from interpkit.attribution.graph import Graph, build_graph
+from interpkit.circuits._circuit import Circuit, feeds
+from interpkit.circuits._errors import CircuitError
+from interpkit.errors import unknown
+
+if TYPE_CHECKING:
+    import torch
+
+    from interpkit.models import Model
+    from interpkit.results import Result
+    from interpkit.tasks import Task
+
+SELECTIONS = ("top_n", "threshold", "greedy", "acdc")
+METHODS = ("eap", "eap-ig", "exact")
+
+
+def score_matrix(model: Model, scores: Result | Circuit) -> torch.Tensor:
+    """``(n_senders, n_receivers)`` scores (0 off the graph) from an edge-attribution Result or a scored Circuit."""
+    import torch
+
+    from interpkit.circuits._circuit import Circuit
+
+    graph = build_graph(model)
+    if isinstance(scores, Circuit):
+        scores.check_model(model)
+        if not scores.scores:
+            raise CircuitError("this circuit has no edge scores to rank its edges by")
+        matrix = torch.zeros(graph.mask.shape)
+        for label, value in scores.scores.items():
+            matrix[graph.edge_index(label)] = value
+        return matrix
+    if getattr(scores, "dims", None) != ("edge",):
+        raise CircuitError(f"expected an edge attribution Result (dims ('edge',)) or a scored Circuit, got {scores!r}")
+    labels = scores.labels.get("edge") or []
+    if labels != graph.edge_labels():
+        bad = next((e for e in labels if e not in set(graph.edge_labels())), None)
+        raise CircuitError(
+            f"these edge scores are not for {model.name}'s graph"
+            + (f" (edge {bad!r} is not in it)" if bad else " (the edges differ in number or order)")
+        )
+    matrix = torch.zeros(graph.mask.shape)
+    matrix[graph.mask] = scores.scores.detach().float().cpu()
+    return matrix
+
+
+def top_n_mask(graph: Graph, matrix: torch.Tensor, n_edges: int) -> torch.Tensor:
+    """The ``n_edges`` edges of largest |score| (ties broken by graph order)."""
+    import torch
+
+    key = matrix.abs().masked_fill(~graph.mask, -1.0).reshape(-1)
+    n = max(0, min(int(n_edges), graph.n_edges))
+    out = torch.zeros(key.numel(), dtype=torch.bool)
+    out[torch.sort(key, descending=True, stable=True).indices[:n]] = True
+    return out.reshape(graph.mask.shape) & graph.mask
+
+
+def greedy_mask(graph: Graph, matrix: torch.Tensor, n_edges: int) -> torch.Tensor:
+    """Hanna et al. 2024's greedy growth from ``logits`` (see the module docstring)."""
+    import torch
+
+    fed = feeds(graph)  # (R, S): receiver r is an input of sender component s
+    key = matrix.abs().masked_fill(~graph.mask, -1.0)
+    chosen = torch.zeros_like(graph.mask)
+    live = torch.tensor([n.kind == "logits" for n in graph.receivers])  # receivers whose component is in
+    for _ in range(max(0, min(int(n_edges), graph.n_edges))):
+        cand = key.masked_fill(~live[None, :] | chosen, -1.0)
+        best = int(cand.reshape(-1).argmax())
+        s, r = divmod(best, key.shape[1])
+        if float(cand[s, r]) < 0:
+            break  # nothing left that connects to the circuit
+        chosen[s, r] = True
+        live |= fed[:, s]
+    return chosen
+
+
+def discover_circuit(
+    model: Model,
+    task: Task,
+    method: str = "eap-ig",
+    *,
+    select: str = "top_n",
+    n_edges: int | None = None,
+    threshold: float | None = None,
+    tau: float | None = None,
+    metric: str | None = None,
+    ablation: str = "counterfactual",
+    scores: Result | None = None,
+    seed: int = 0,
+    **method_options: Any,
+) -> Circuit:
+    """A pruned circuit for ``task``: edges selected from ``method``'s scores, or found by ACDC.
+
+    ``scores``: an edge attribution Result to select from instead of computing ``method``'s.
+    ``ablation`` and ``tau`` are used by ACDC; ``method_options`` go to
+    :func:`interpkit.attribution.eap.edge_scores` (``ig_steps``, ``direction``).
+
+    >>> circ = discover_circuit(model, task, "eap", select="greedy", n_edges=30)   # doctest: +SKIP
+    >>> circ = discover_circuit(model, task, select="acdc", tau=0.01)              # doctest: +SKIP
+    """
+    if method == "acdc" and select == "top_n":
+        select = "acdc"  # ACDC is a discovery method of its own, not a selection over scores
+    if select not in SELECTIONS:
+        raise unknown("selection", str(select), SELECTIONS, CircuitError)
+    meta: dict[str, Any] = {"select": select, "metric": metric or task.metric, "task": task.name}
+    if select == "acdc":
+        if tau is None:
+            raise CircuitError("select='acdc' needs tau, the largest metric change an edge removal may cause")
+        if n_edges is not None or threshold is not None:
+            raise CircuitError("select='acdc' takes tau, not n_edges or threshold")
+        from interpkit.circuits._acdc import acdc
+
+        return acdc(model, task, tau=float(tau), metric=metric, ablation=ablation, seed=seed)
+    if tau is not None:
+        raise CircuitError(f"tau is ACDC's option; select={select!r} does not use it")
+    if select == "threshold":
+        if threshold is None or n_edges is not None:
+            raise CircuitError("select='threshold' needs threshold (and no n_edges)")
+    elif n_edges is None or threshold is not None:
+        raise CircuitError(f"select={select!r} needs n_edges (and no threshold)")
+    elif int(n_edges) < 0:
+        raise CircuitError(f"n_edges must be >= 0, got {n_edges}")
+    if scores is None:
+        if method not in METHODS:
+            raise unknown("edge method", str(method), METHODS, CircuitError)
+        from interpkit.attribution.eap import edge_scores
+
+        scores = edge_scores(model, task, method, metric=metric, seed=seed, **method_options)
+        meta["method"] = method
+    else:
+        meta["method"] = (scores.meta or {}).get("method", "given scores")
+    graph = build_graph(model)
+    matrix = score_matrix(model, scores)
+    if select == "top_n":
+        mask = top_n_mask(graph, matrix, int(n_edges))
+    elif select == "greedy":
+        mask = greedy_mask(graph, matrix, int(n_edges))
+    else:
+        mask = (matrix.abs() >= float(threshold)) & graph.mask
+    meta.update({"n_edges_requested": n_edges, "threshold": threshold, "n_edges_selected": int(mask.sum())})
+    return Circuit.from_mask(model, mask, matrix, meta).prune()
