@@ -21,7 +21,7 @@ nbclient = pytest.importorskip("nbclient")
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in SOURCES} >= {"quickstart", "patching", "probing"}
+    assert {p.stem for p in SOURCES} >= {"quickstart", "patching", "probing", "circuits"}
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)

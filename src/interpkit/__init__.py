@@ -11,6 +11,7 @@ Importing interpkit is cheap: torch, transformer_lens and plotly load when first
 
 from interpkit import attribution as attribution
 from interpkit import cache as cache
+from interpkit import circuits as circuits
 from interpkit import errors as errors
 from interpkit import hooks as hooks
 from interpkit import metrics as metrics
@@ -20,6 +21,9 @@ from interpkit import probing as probing
 from interpkit import sites as sites
 from interpkit import tasks as tasks
 from interpkit.attribution import attribute as attribute
+from interpkit.circuits import Circuit as Circuit
+from interpkit.circuits import discover_circuit as discover_circuit
+from interpkit.circuits import faithfulness as faithfulness
 from interpkit.errors import InterpkitError as InterpkitError
 from interpkit.models import Model as Model
 from interpkit.models import load_model as load_model
@@ -30,6 +34,7 @@ from interpkit.tasks import Task as Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "Circuit",
     "InterpkitError",
     "Model",
     "Result",
@@ -37,7 +42,10 @@ __all__ = [
     "attribute",
     "attribution",
     "cache",
+    "circuits",
+    "discover_circuit",
     "errors",
+    "faithfulness",
     "hooks",
     "load_model",
     "metrics",

@@ -181,12 +181,51 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_circuit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from interpkit.attribution import attribute
+    from interpkit.circuits import discover_circuit, faithfulness
+    from interpkit.plots.report import write_report
+
+    model = _load(args)
+    task = _task_from_args(args, model)
+    options: dict[str, Any] = {"ig_steps": args.ig_steps} if args.method == "eap-ig" else {}
+    if args.select == "acdc":
+        circ = discover_circuit(model, task, select="acdc", tau=args.tau, ablation=args.ablation)
+        scores = None
+    else:
+        scores = attribute(model, task, method=args.method, level="edge", **options)
+        circ = discover_circuit(
+            model, task, scores=scores, select=args.select, n_edges=args.n_edges, threshold=args.threshold
+        )
+    rep = faithfulness(model, task, circ, ablation=args.ablation)
+    out = Path(args.out)
+    command = "interpkit " + " ".join(sys.argv[1:]) if sys.argv else None
+    rep.provenance["command"] = command
+    circ.save(out / "circuit.json")
+    rep.to_json(out / "result.json")
+    value = float(rep.scores[0])
+    print(f"  {len(circ)} edges, {len(circ.nodes)} nodes; faithfulness ({args.ablation} ablation) {value:.3f}")
+    sections: list = [
+        ("Circuit", circ.figure()),
+        ("Faithfulness", {"ablation": args.ablation, "edges": len(circ), "faithfulness": value}),
+    ]
+    if scores is not None:
+        sections.append(("Edge scores (top 20)", [{"edge": e, "score": round(v, 5)} for e, v in scores.top(20)]))
+    write_report(out / "report.html", f"Circuit: {args.method} on {task.name}", sections, rep.provenance, command)
+    print(f"wrote {out / 'circuit.json'}, {out / 'result.json'} and {out / 'report.html'}")
+    return 0
+
+
 EXAMPLES = {
     "models": "interpkit models",
     "hooks": "interpkit hooks --model toy-induction --filter attn",
     "sites": "interpkit sites --model toy-induction --kind z",
     "run-task": "interpkit run-task --model smollm2-135m --task ioi --n 16",
     "patch": "interpkit patch --model smollm2-135m --task ioi --n 8 --site head_out --out runs/ioi-heads",
+    "circuit": "interpkit circuit --model toy-induction --task induction --n 16 --method eap-ig --n-edges 30 "
+    "--ablation mean --out runs/toy-circuit",
     "attribute": "interpkit attribute --model smollm2-135m --task ioi --n 16 --method eap-ig --level edge --out runs/ioi-eap",
 }
 
@@ -267,6 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_attribute)
+
+    p = sub.add_parser(
+        "circuit", **_example("circuit"), help="discover a circuit and its faithfulness; writes circuit.json too"
+    )
+    with_model(p)
+    with_task(p)
+    p.add_argument("--method", default="eap-ig", help="edge scores: eap, eap-ig (default) or exact")
+    p.add_argument("--select", default="top_n", help="top_n (default), threshold, greedy or acdc")
+    p.add_argument("--n-edges", type=int, default=None, help="edges kept (top_n, greedy)")
+    p.add_argument("--threshold", type=float, default=None, help="|score| kept (threshold)")
+    p.add_argument("--tau", type=float, default=None, help="ACDC's threshold on the metric change")
+    p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG steps (default 5)")
+    p.add_argument("--ablation", default="mean", help="zero, mean (default), resample or counterfactual")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(fn=cmd_circuit)
 
     from interpkit.cache.cli import add_parsers as add_cache_parsers
 
