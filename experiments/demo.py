@@ -23,12 +23,10 @@ versions, this command line).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from interpkit import plots
 from interpkit.attribution.head_scores import head_patterns, induction_scores, previous_token_scores
 from interpkit.plots.report import write_report
 from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.scripting import command_line, config_dict, config_from_args
 
 
 @dataclasses.dataclass
@@ -58,16 +57,6 @@ class DemoConfig:
     device: str | None = None
     dtype: str | None = None
     out: str = "runs/demo"
-
-
-def config_dict(cfg) -> dict:
-    """The config as JSON-ready values (a Model object given as ``model`` is recorded by its spec)."""
-    plain = (str, int, float, bool, type(None))
-    out = {}
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        out[field.name] = value if isinstance(value, plain) else getattr(value, "spec", repr(value))
-    return out
 
 
 def timed(label: str, timings: dict[str, float]):
@@ -292,7 +281,7 @@ def choose_threads(requested: int) -> int:
 def main(cfg: DemoConfig) -> dict:
     torch.set_num_threads(choose_threads(cfg.threads))
     print(f"torch threads: {torch.get_num_threads()}")
-    command = " ".join([sys.argv[0], *sys.argv[1:]]) if sys.argv and sys.argv[0] else "demo.main()"
+    command = command_line("demo.main()")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with timed("load model", timings):
@@ -339,15 +328,7 @@ def main(cfg: DemoConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(DemoConfig):
-        if isinstance(field.default, bool):
-            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default)
-        elif isinstance(field.default, int):
-            parser.add_argument(f"--{field.name}", type=int, default=field.default)
-        else:
-            parser.add_argument(f"--{field.name}", default=field.default)
-    return DemoConfig(**vars(parser.parse_args(argv)))
+    return config_from_args(DemoConfig, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,8 @@ MLP, attention) with layers across and tokens down.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -43,6 +41,7 @@ from interpkit.patching._engine import forward_final
 from interpkit.plots import heatmap
 from interpkit.plots.report import write_report
 from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.scripting import command_line, config_dict, config_from_args
 from interpkit.tasks.factual import read_facts
 
 KINDS = {"resid": "blocks.{l}.hook_resid_post", "mlp": "blocks.{l}.hook_mlp_out", "attn": "blocks.{l}.hook_attn_out"}
@@ -69,16 +68,6 @@ class Config:
     device: str | None = None
     dtype: str | None = None
     out: str = "runs/factual_tracing"
-
-
-def config_dict(cfg) -> dict:
-    """The config as JSON-ready values (a Model object given as ``model`` is recorded by its spec)."""
-    plain = (str, int, float, bool, type(None))
-    out = {}
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        out[field.name] = value if isinstance(value, plain) else getattr(value, "spec", repr(value))
-    return out
 
 
 @dataclasses.dataclass
@@ -262,7 +251,7 @@ def effect_map(values: torch.Tensor, rows: list[str], kind: str, title: str) -> 
 
 
 def main(cfg: Config) -> dict:
-    command = " ".join([sys.argv[0], *sys.argv[1:]]) if sys.argv and sys.argv[0] else "factual_tracing.main()"
+    command = command_line("factual_tracing.main()")
     torch.manual_seed(cfg.seed)
     model = ik.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     facts = known_facts(model, cfg)
@@ -333,11 +322,7 @@ def main(cfg: Config) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Config):
-        kind = type(field.default) if isinstance(field.default, (int, float)) else str
-        parser.add_argument(f"--{field.name}", type=kind, default=field.default)
-    return Config(**vars(parser.parse_args(argv)))
+    return config_from_args(Config, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ Writes runs/induction_heads/ (or --out): result.json and report.html.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ from interpkit.attribution.head_scores import head_patterns, induction_scores, p
 from interpkit.patching import ablate
 from interpkit.plots.report import write_report
 from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.scripting import command_line, config_dict, config_from_args
 
 
 @dataclasses.dataclass
@@ -50,16 +49,6 @@ class Config:
     device: str | None = None
     dtype: str | None = None
     out: str = "runs/induction_heads"
-
-
-def config_dict(cfg) -> dict:
-    """The config as JSON-ready values (a Model object given as ``model`` is recorded by its spec)."""
-    plain = (str, int, float, bool, type(None))
-    out = {}
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        out[field.name] = value if isinstance(value, plain) else getattr(value, "spec", repr(value))
-    return out
 
 
 def head_labels(n_layers: int, n_heads: int) -> dict[str, list[str]]:
@@ -205,7 +194,7 @@ def write_outputs(cfg: Config, out: dict, command: str) -> Path:
 
 
 def main(cfg: Config) -> dict:
-    command = " ".join([sys.argv[0], *sys.argv[1:]]) if sys.argv and sys.argv[0] else "induction_heads.main()"
+    command = command_line("induction_heads.main()")
     out = run(cfg)
     path = write_outputs(cfg, out, command)
     print(
@@ -216,11 +205,7 @@ def main(cfg: Config) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Config):
-        kind = type(field.default) if isinstance(field.default, (int, float)) else str
-        parser.add_argument(f"--{field.name}", type=kind, default=field.default)
-    return Config(**vars(parser.parse_args(argv)))
+    return config_from_args(Config, argv, __doc__)
 
 
 if __name__ == "__main__":

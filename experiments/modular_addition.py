@@ -25,11 +25,9 @@ result.json (config, spectrum, key frequencies, losses) and report.html.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from interpkit.models import boot_native, save_native
 from interpkit.plots import bars, line_bands
 from interpkit.plots.report import write_report
 from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.scripting import command_line, config_from_args
 
 
 @dataclasses.dataclass
@@ -299,7 +298,7 @@ def report(model: ik.Model, cfg: Config, stats: dict, command: str) -> Path:
 
 
 def main(cfg: Config) -> dict:
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = command_line("modular_addition.main()")
     if cfg.train:
         model, train_stats = train(cfg)
         saved = save_small(model, cfg.save or Path(cfg.out) / "model", cfg, train_stats)
@@ -321,16 +320,7 @@ def main(cfg: Config) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Config):
-        default = field.default
-        if isinstance(default, bool):
-            parser.add_argument(f"--{field.name}", action="store_true")
-        elif isinstance(default, (int, float)):
-            parser.add_argument(f"--{field.name}", type=type(default), default=default)
-        else:
-            parser.add_argument(f"--{field.name}", default=default)
-    return Config(**vars(parser.parse_args(argv)))
+    return config_from_args(Config, argv, __doc__)
 
 
 if __name__ == "__main__":

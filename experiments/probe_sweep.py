@@ -34,10 +34,8 @@ one ``<name>.json`` per Result, and ``report.html``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -47,6 +45,7 @@ import interpkit as ik
 from interpkit import probing as P
 from interpkit.plots.report import write_report
 from interpkit.results import make_provenance, write_text_atomic
+from interpkit.scripting import command_line, config_from_args
 
 DATA = Path(__file__).resolve().parent / "data" / "subject_number.jsonl"
 
@@ -284,7 +283,7 @@ def write_outputs(cfg: Config, out: dict, command: str) -> Path:
 
 
 def main(cfg: Config) -> dict:
-    command = " ".join([sys.argv[0], *sys.argv[1:]]) if sys.argv and sys.argv[0] else "probe_sweep.main()"
+    command = command_line("probe_sweep.main()")
     out = run(cfg)
     path = write_outputs(cfg, out, command)
     print(json.dumps({"behaviour": out["summary"]["behaviour"], "best": out["summary"]["last"]["best"]}, indent=1))
@@ -293,11 +292,7 @@ def main(cfg: Config) -> dict:
 
 
 def parse(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Config):
-        kind = type(field.default) if isinstance(field.default, (int, float)) else str
-        parser.add_argument(f"--{field.name}", type=kind, default=field.default)
-    return Config(**vars(parser.parse_args(argv)))
+    return config_from_args(Config, argv, __doc__)
 
 
 if __name__ == "__main__":
