@@ -37,7 +37,7 @@ def test_two_process_harvest_equals_one_process(native_tiny, tmp_path):
         "--batch-size",
         "4",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # loopback: no interface guessing
     done = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -25,17 +25,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from interpkit.distributed import combine, join
 from interpkit.errors import SiteError
 from interpkit.metrics import get as get_metric
 from interpkit.patching._engine import (
+    PatchingError,
     _StopForward,
     _tail,
-    auto_rows,
     capture,
     final_hook,
     forward_final,
     masked_patch_hook,
-    run_chunked,
+    sweep,
 )
 from interpkit.patching._sources import check_mode
 from interpkit.results import Result, make_provenance
@@ -91,17 +92,38 @@ def _receivers(model: Model, receivers: Sequence[str]) -> list[Site]:
     return sites
 
 
-def _sender_delta(
-    model: Model, sender: Site, base: dict[str, torch.Tensor], source: dict[str, torch.Tensor], ex: torch.Tensor
+def _sender_deltas(
+    model: Model,
+    senders: list[Site],
+    sender_of_row: list[int],
+    base: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    ex: torch.Tensor,
 ) -> torch.Tensor:
-    """Output difference (rows, pos, d_model) the sender writes to the residual stream."""
-    if sender.kind == "z":
-        name = model.resolve_hook(sender.hook)
-        w_o = model.bridge.blocks[sender.layer].attn.W_O[sender.head]  # (d_head, d_model)
-        diff = source[name][ex][:, :, sender.head] - base[name][ex][:, :, sender.head]
-        return diff.to(w_o.dtype) @ w_o
-    name = model.resolve_hook(sender.hook)
-    return source[name][ex] - base[name][ex]
+    """Output difference ``(rows, pos, d_model)`` each row's sender writes to the residual stream.
+
+    One batched op per sender hook point (a head's ``(z_source - z_base) @ W_O``), not per row.
+    """
+    import torch
+
+    by_hook: dict[str, list[int]] = {}
+    for j, i in enumerate(sender_of_row):
+        by_hook.setdefault(model.resolve_hook(senders[i].hook), []).append(j)
+    out: torch.Tensor | None = None
+    for name, rows in by_hook.items():
+        idx = torch.tensor(rows, device=ex.device)
+        diff = source[name][ex[idx]] - base[name][ex[idx]]
+        first = senders[sender_of_row[rows[0]]]
+        if first.kind == "z":
+            heads = torch.tensor([senders[sender_of_row[j]].head for j in rows], device=ex.device)
+            w_o = model.bridge.blocks[first.layer].attn.W_O[heads]  # (rows, d_head, d_model)
+            z = diff[torch.arange(len(rows), device=ex.device), :, heads]  # (rows, pos, d_head)
+            diff = torch.bmm(z.to(w_o.dtype), w_o)
+        if out is None:
+            out = diff.new_zeros((len(sender_of_row), *diff.shape[1:]))
+        out[idx] = diff.to(out.dtype)
+    assert out is not None
+    return out
 
 
 def path_patch(
@@ -114,8 +136,12 @@ def path_patch(
     *,
     metric: str | None = None,
     seed: int = 0,
+    distributed: bool | None = None,
 ) -> Result:
     """Metric when each sender's change reaches only ``receivers`` (everything else frozen).
+
+    ``batch_size``: (sender, example) rows per forward, default from free memory, halved on
+    out-of-memory; under ``torchrun`` the rows are shared between ranks (see ``ik.patch``).
 
     >>> res = ik.patching.path_patch(model, task, receivers=["L1H0.k", "L1H0.v"], senders="heads")  # doctest: +SKIP
     """
@@ -154,12 +180,7 @@ def path_patch(
     def run(start: int, stop: int) -> torch.Tensor:
         chunk = rows[start:stop]
         ex = torch.tensor([b for _, b in chunk], device=model.device)
-        deltas = torch.stack(
-            [
-                _sender_delta(model, sender_sites[i], base_acts, source_acts, ex[j : j + 1])[0]
-                for j, (i, _) in enumerate(chunk)
-            ]
-        )
+        deltas = _sender_deltas(model, sender_sites, [i for i, _ in chunk], base_acts, source_acts, ex)
         layer_of = torch.tensor(
             [sender_sites[i].layer if sender_sites[i].kind != "embed" else -1 for i, _ in chunk], device=model.device
         )
@@ -174,11 +195,26 @@ def path_patch(
             resid0 = base_acts[model.resolve_hook(f"blocks.{start_layer}.hook_resid_pre")][ex]
             final = forward_final(model, resid0, start_layer, task.answer_pos[ex], patches)
         vals = fn(final, task.answer[ex], task.wrong[ex], ref["clean_logprobs"][ex])
-        values[torch.tensor([i for i, _ in chunk], device=model.device), ex] = vals.to(values.dtype)
+        out[torch.tensor([i for i, _ in chunk], device=model.device), ex] = vals.to(out.dtype)
         return vals
 
-    with torch.inference_mode():
-        run_chunked(len(rows), batch_size or auto_rows(model, task.n_pos), run)
+    group = join(model, distributed, error=PatchingError)
+    try:
+        out = torch.zeros_like(values) if group.active else values
+        with torch.inference_mode():
+            sweep(
+                len(rows),
+                lambda _, start, stop: run(start, stop),
+                model=model,
+                n_pos=task.n_pos,
+                batch_size=batch_size,
+                group=group,
+            )
+            if group.active:
+                live_rows = torch.tensor(live, dtype=torch.long, device=model.device)
+                values[live_rows] = combine(group, out)[live_rows]
+    finally:
+        group.close()
     per_example = values.reshape(*shape, n_ex).cpu()
     return Result(
         scores=per_example.mean(-1),
