@@ -59,13 +59,14 @@ def test_atp_is_the_directional_derivative(site, tiny_gpt2):
 
 def test_atp_layout_matches_patch(tiny_llama):
     task = _task(tiny_llama)
-    est = atp(tiny_llama, task, "head_out", per_position=True, check_sample=1000)
+    est = atp(tiny_llama, task, "head_out", per_position=True, check=1000)
     exact = ik.patch(tiny_llama, task, "head_out", per_position=True)
     assert est.dims == exact.dims and est.labels == exact.labels and est.scores.shape == exact.scores.shape
     assert est.clean_value == pytest.approx(exact.clean_value) and est.corrupt_value == pytest.approx(
         exact.corrupt_value
     )
-    assert -1.0 <= est.extras["check"]["spearman_vs_exact"] <= 1.0
+    assert -1.0 <= est.extras["check"]["spearman"] <= 1.0
+    assert est.extras["check"]["n"] == est.scores.numel()
 
 
 def test_atp_tracks_exact_on_toy_induction_heads(toy):

@@ -342,10 +342,11 @@ def test_toy_induction_circuit_by_edge_ablation(toy, induction):
 
 
 def test_toy_induction_circuit_by_eap_ig(toy, induction):
-    if not supports_split_inputs(toy):
-        pytest.skip("the toy's bridge has no per-head q/k/v input hooks, which EAP-IG's gradients need")
+    # The toy's bridge has no per-head q/k/v input hooks: gradients come through hook_q/k/v, projected.
+    assert not supports_split_inputs(toy)
     task, prev = induction
-    _check_induction_circuit(toy, task, prev, discover_circuit(toy, task, "eap-ig", n_edges=30))
+    # the toy's attention saturates: few integration steps misrank edges (5 steps: faithfulness 0.78)
+    _check_induction_circuit(toy, task, prev, discover_circuit(toy, task, "eap-ig", n_edges=30, ig_steps=20))
 
 
 def literal_acdc(model, task, tau, metric, ablation):

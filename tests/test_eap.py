@@ -103,3 +103,37 @@ def test_attribute_dispatch(tiny_llama):
         ik.attribute(tiny_llama, task, method="eap_ig", level="edge")
     with pytest.raises(AttributionError, match="node"):
         ik.attribute(tiny_llama, task, method="atp", level="nodes")
+
+
+def test_edges_on_a_bridge_without_split_inputs(toy):
+    """The toy's attention class has no per-head input hooks: head inputs are reached through
+    ``attn.hook_q/k/v`` (exact there: no norm before attention). Exact edges then equal the circuits
+    engine's single-edge removal, and EAP is the derivative of a literal move of one head's query/key."""
+    from interpkit.circuits import edge_removal_scores
+    from interpkit.circuits._engine import supports_split_inputs
+
+    assert not supports_split_inputs(toy)
+    task = random_task(toy, n=3, pos=8, seed=3)
+    exact = edge_scores(toy, task, "exact")
+    removal = edge_removal_scores(toy, task, "counterfactual")  # noising one edge: the same patch
+    torch.testing.assert_close(exact.scores, removal.scores, atol=1e-4, rtol=1e-4)
+
+    eap = edge_scores(toy, task, "eap")
+    clean, _ = run_cache(toy, task.clean, ["blocks.0.attn.hook_z"])
+    corrupt, _ = run_cache(toy, task.corrupt, ["blocks.0.attn.hook_z"])
+    w_o = toy.bridge.blocks[0].attn.W_O[2]
+    delta = (corrupt["blocks.0.attn.hook_z"][:, :, 2] - clean["blocks.0.attn.hook_z"][:, :, 2]) @ w_o
+    base = evaluate(toy(task.clean), task).mean()
+    eps = 1e-3
+    for kind in ("q", "k"):
+        w = getattr(toy.bridge.blocks[1].attn, f"W_{kind.upper()}")[1]  # (d_model, d_head)
+
+        def move(act, hook, w=w):
+            new = act.clone()
+            new[:, :, 1] = act[:, :, 1] + eps * delta @ w
+            return new
+
+        with torch.no_grad(), hooks(toy, fwd=[(f"blocks.1.attn.hook_{kind}", move)]):
+            moved = evaluate(toy(task.clean), task).mean()
+        score = eap.scores[eap.labels["edge"].index(f"L0H2->L1H1.{kind}")].item()
+        assert score == pytest.approx(((moved - base) / eps).item(), rel=3e-2, abs=3e-3)

@@ -1,10 +1,27 @@
-"""Attribution: AtP at node level; EAP, EAP-IG and exact patching at edge level; head scores."""
+"""Attribution: DLA and logit lens; AtP, AtP*, IG and exact at node level; EAP, EAP-IG, exact at edge level."""
 
 from interpkit.attribution._api import attribute as attribute
 from interpkit.attribution.atp import AttributionError as AttributionError
 from interpkit.attribution.atp import atp as atp
-from interpkit.attribution.atp import spearman as spearman
+from interpkit.attribution.atp_star import atp_star as atp_star
+from interpkit.attribution.dla import dla as dla
+from interpkit.attribution.dla import logit_lens as logit_lens
 from interpkit.attribution.eap import edge_scores as edge_scores
 from interpkit.attribution.graph import build_graph as build_graph
+from interpkit.attribution.honesty import pearson as pearson
+from interpkit.attribution.honesty import spearman as spearman
+from interpkit.attribution.ig import ig as ig
 
-__all__ = ["AttributionError", "atp", "attribute", "build_graph", "edge_scores", "spearman"]
+__all__ = [
+    "AttributionError",
+    "atp",
+    "atp_star",
+    "attribute",
+    "build_graph",
+    "dla",
+    "edge_scores",
+    "ig",
+    "logit_lens",
+    "pearson",
+    "spearman",
+]

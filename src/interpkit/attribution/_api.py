@@ -1,16 +1,28 @@
 """``ik.attribute(model, task, method, level)``: one entry point over the attribution methods.
 
-Node level: ``atp`` (attribution patching) and ``exact`` (activation patching), both over one
-site kind (``site="head_out"`` by default). Edge level: ``eap``, ``eap-ig`` and ``exact`` over
-every edge of the graph in ``graph.py``. Every method returns a Result.
+Every method is a function ``(model, task, **options) -> Result`` in one of two small tables.
+Node level (one site kind, ``site="head_out"`` by default, the units and layout of ``ik.patch``):
+``atp`` (attribution patching), ``atp*`` (AtP with the QK fix and GradDrop), ``ig`` (integrated
+gradients along the activation path), ``exact`` (activation patching itself) and ``dla``
+(direct logit attribution of the clean run, ``by="head"`` by default). Edge level, over every
+edge of ``graph.py``: ``eap``, ``eap-ig`` (``variant="inputs"`` or ``"activations"``),
+``eap-ig-act`` (the activations variant) and ``exact``. Gradient methods carry
+``extras["check"]``, their agreement with exact patching on a sample (``check=0``: off).
+
+    >>> res = ik.attribute(model, task, method="eap-ig", level="edge", ig_steps=5)   # doctest: +SKIP
+    >>> res = ik.attribute(model, task, method="atp*", level="node", site="head_k")   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interpkit.attribution.atp import AttributionError, atp
-from interpkit.attribution.eap import edge_scores
+from interpkit.attribution.atp_star import atp_star
+from interpkit.attribution.dla import dla
+from interpkit.attribution.eap import EDGE_METHODS, edge_scores
+from interpkit.attribution.ig import ig
 from interpkit.errors import unknown
 
 if TYPE_CHECKING:
@@ -18,26 +30,40 @@ if TYPE_CHECKING:
     from interpkit.results import Result
     from interpkit.tasks import Task
 
-NODE_METHODS = ("atp", "exact")
-EDGE_METHODS = ("eap", "eap-ig", "exact")
+
+def _exact_nodes(model: Model, task: Task, **options: Any) -> Result:
+    from interpkit.patching import patch
+
+    options.pop("check", None)
+    return patch(model, task, **{"site": "head_out", **options})
+
+
+def _dla(model: Model, task: Task, **options: Any) -> Result:
+    return dla(model, task, **options)
+
+
+NODE_TABLE: dict[str, Callable[..., Result]] = {
+    "atp": atp,
+    "atp*": atp_star,
+    "ig": ig,
+    "exact": _exact_nodes,
+    "dla": _dla,
+}
+EDGE_TABLE: dict[str, Callable[..., Result]] = {
+    name: (lambda model, task, _m=name, **options: edge_scores(model, task, _m, **options)) for name in EDGE_METHODS
+}
+NODE_METHODS = tuple(NODE_TABLE)
+LEVELS = {"node": NODE_TABLE, "edge": EDGE_TABLE}
 
 
 def attribute(model: Model, task: Task, method: str = "eap", level: str = "edge", **options: Any) -> Result:
-    """Attribute the task metric to nodes or edges.
+    """Attribute the task metric to nodes or edges with ``method`` (see the tables above).
 
-    >>> res = ik.attribute(model, task, method="eap-ig", level="edge", ig_steps=5)   # doctest: +SKIP
     >>> res = ik.attribute(model, task, method="atp", level="node", site="head_out")  # doctest: +SKIP
     """
-    if level == "edge":
-        if method not in EDGE_METHODS:
-            raise unknown("edge attribution method", method, EDGE_METHODS, AttributionError)
-        return edge_scores(model, task, method, **options)
-    if level == "node":
-        if method not in NODE_METHODS:
-            raise unknown("node attribution method", method, NODE_METHODS, AttributionError)
-        if method == "atp":
-            return atp(model, task, **options)
-        from interpkit.patching import patch
-
-        return patch(model, task, **{"site": "head_out", **options})
-    raise unknown("attribution level", level, ("node", "edge"), AttributionError)
+    if level not in LEVELS:
+        raise unknown("attribution level", level, tuple(LEVELS), AttributionError)
+    table = LEVELS[level]
+    if method not in table:
+        raise unknown(f"{level} attribution method", method, tuple(table), AttributionError)
+    return table[method](model, task, **options)

@@ -10,7 +10,12 @@ site of the target run) estimate the whole sweep that ``ik.patch`` computes exac
 is returned in the same units and layout as ``ik.patch`` (the metric after patching, target value
 plus the linear change), so the two Results can be compared entry by entry. The approximation is
 poor where attention saturates or the patch is large (Kramár et al. 2024); every result carries
-its rank correlation with exact patching on a sample of components (``extras["check"]``).
+its correlation with exact patching on a seeded sample of components (``extras["check"]``,
+see ``honesty.py``).
+
+The helpers here (``NodeRun``, ``setup``, ``linear_estimate``, ``finish``) are shared by the other
+node methods (``atp_star.py``, ``ig.py``), so all of them read the same plan and return the same
+Result layout.
 
     >>> atp = ik.attribution.atp(model, task, site="head_out")      # doctest: +SKIP
     >>> exact = ik.patch(model, task, site="head_out")              # doctest: +SKIP
@@ -18,15 +23,18 @@ its rank correlation with exact patching on a sample of components (``extras["ch
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from interpkit.attribution.honesty import DEFAULT_SAMPLE, node_check
+from interpkit.attribution.honesty import spearman as spearman
 from interpkit.errors import InterpkitError
 from interpkit.hooks import hooks
 from interpkit.metrics import get as get_metric
 from interpkit.patching._api import _str_tokens, baseline
 from interpkit.patching._engine import capture
-from interpkit.patching._plan import make_plan, patch_mask
+from interpkit.patching._plan import Plan, make_plan, patch_mask
 from interpkit.patching._sources import check_mode
 from interpkit.results import Result, make_provenance
 
@@ -39,6 +47,19 @@ if TYPE_CHECKING:
 
 class AttributionError(InterpkitError):
     """Attribution cannot be computed as asked (e.g. the metric has no gradient path)."""
+
+
+def no_gradient(metric: str) -> AttributionError:
+    return AttributionError(
+        f"metric {metric!r} has no gradient path to the activations (e.g. accuracy); use logit_diff, logprob, prob or kl"
+    )
+
+
+def grad_rows(model: Model, n_pos: int) -> int:
+    """Rows per forward+backward: a quarter of the inference budget (autograd keeps every layer)."""
+    from interpkit.patching._engine import auto_rows
+
+    return max(1, auto_rows(model, n_pos) // 4)
 
 
 def target_gradients(
@@ -58,15 +79,118 @@ def target_gradients(
         rows = torch.arange(len(task), device=logits.device)
         values = fn(logits[rows, task.answer_pos], task.answer, task.wrong, clean_logprobs)
         if not values.requires_grad:
-            raise AttributionError(
-                f"metric {metric!r} has no gradient path to the activations (e.g. accuracy); use logit_diff, logprob, prob or kl"
-            )
+            raise no_gradient(metric)
         values.sum().backward()
     model.bridge.zero_grad(set_to_none=True)
     missing = [n for n in names if n not in grads]
     if missing:
         raise AttributionError(f"no gradient reached {missing[:3]}: the metric does not depend on them")
     return grads, values.detach()
+
+
+@dataclasses.dataclass
+class NodeRun:
+    """What every node method needs: the plan, hook names per layer, both runs' activations."""
+
+    task: Task
+    plan: Plan
+    layers: list[int]
+    names: list[str]
+    metric: str
+    direction: str
+    base: dict[str, Any]
+    target: torch.Tensor
+    source: torch.Tensor
+    target_acts: dict[str, torch.Tensor]
+    source_acts: dict[str, torch.Tensor]
+    options: dict[str, Any]
+
+
+def setup(
+    model: Model,
+    task: Task,
+    site: str,
+    per_position: bool,
+    direction: str,
+    layers: Sequence[int] | None,
+    positions: Sequence[int] | None,
+    metric: str | None,
+    extra_hooks: Sequence[str] = (),
+) -> NodeRun:
+    """Plan the sweep ``ik.patch`` would run and cache the site on both runs."""
+    check_mode(direction, None)
+    metric = metric or task.metric
+    get_metric(metric)
+    task = task.to(model.device)
+    model.check_tokens(task.clean)
+    plan = make_plan(model, site, task.n_pos, per_position, layers, positions, False, _str_tokens(model, task))
+    needed = sorted(set(plan.layer))
+    names = [model.resolve_hook(plan.hook(lay)) for lay in needed]
+    base = baseline(model, task, metric)
+    target, source = (task.corrupt, task.clean) if direction == "denoise" else (task.clean, task.corrupt)
+    source_acts, _ = capture(model, source, [*names, *extra_hooks])
+    target_acts, _ = capture(model, target, [*names, *extra_hooks])
+    options = {"site": site, "per_position": per_position, "layers": layers, "positions": positions}
+    return NodeRun(
+        task, plan, needed, names, metric, direction, base, target, source, target_acts, source_acts, options
+    )
+
+
+def linear_estimate(model: Model, run: NodeRun, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``Σ (a_source - a_target) · grad`` over each plan entry's mask: ``(len(plan), batch)``."""
+    import torch
+
+    n = len(run.task)
+    out = torch.empty(len(run.plan), n, device=model.device)
+    with torch.no_grad():
+        for lay, name in zip(run.layers, run.names, strict=True):
+            ids = [i for i, pl in enumerate(run.plan.layer) if pl == lay]
+            delta = (run.source_acts[name] - run.target_acts[name]).float()
+            prod = (delta * grads[name].float()).reshape(n, -1)
+            shape = run.target_acts[name].shape
+            mask = patch_mask(run.plan, ids, torch.Size((len(ids), *shape[1:])), model.device)
+            mask = mask.expand(len(ids), *shape[1:]).reshape(len(ids), -1).float()
+            out[ids] = mask @ prod.T
+    return out
+
+
+def finish(
+    model: Model,
+    run: NodeRun,
+    estimate: torch.Tensor,
+    method: str,
+    check: int,
+    seed: int,
+    meta: dict[str, Any] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> Result:
+    """The Result of a node estimate ``(len(plan), batch)`` in ``ik.patch`` units, with its check."""
+    plan = run.plan
+    per_example = estimate.reshape(*plan.shape, len(run.task)).cpu()
+    result = Result(
+        scores=per_example.mean(-1),
+        dims=plan.dims,
+        labels=plan.labels,
+        metric=run.metric,
+        clean_value=float(run.base["clean"].mean()),
+        corrupt_value=float(run.base["corrupt"].mean()),
+        kind=method.replace("*", "_star"),
+        meta={
+            "site": run.options["site"],
+            "per_position": run.options["per_position"],
+            "direction": run.direction,
+            "method": method,
+            "level": "node",
+            **(meta or {}),
+        },
+        extras={"per_example": per_example, **(extras or {})},
+        provenance=make_provenance(model, run.task, seed),
+    )
+    if check:
+        result.extras["check"] = node_check(
+            model, run.task, plan, estimate, run.direction, run.metric, run.base["clean_logprobs"], check, seed
+        )
+    return result
 
 
 def atp(
@@ -79,74 +203,17 @@ def atp(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     metric: str | None = None,
-    check_sample: int = 0,
+    check: int = DEFAULT_SAMPLE,
     seed: int = 0,
 ) -> Result:
     """AtP estimate of ``ik.patch(model, task, site, per_position, direction)`` for every patch.
 
-    ``check_sample`` > 0 also runs exact patching on the whole sweep when it has at most that many
-    patches, and stores the Spearman rank correlation in ``extras["check"]``.
+    ``check``: size of the seeded sample of components also patched exactly; the correlations
+    land in ``extras["check"]`` (0 turns the check off).
     """
-    import torch
-
-    check_mode(direction, None)
-    metric = metric or task.metric
-    task = task.to(model.device)
-    plan = make_plan(model, site, task.n_pos, per_position, layers, positions, False, _str_tokens(model, task))
-    needed = sorted(set(plan.layer))
-    names = [model.resolve_hook(plan.hook(lay)) for lay in needed]
-    base = baseline(model, task, metric)
-    target, source = (task.corrupt, task.clean) if direction == "denoise" else (task.clean, task.corrupt)
-    source_acts, _ = capture(model, source, names)
-    target_acts, _ = capture(model, target, names)
-    grads, target_values = target_gradients(model, task, target, names, metric, base["clean_logprobs"])
-
-    estimate = torch.empty(len(plan), len(task), device=model.device)
-    with torch.no_grad():
-        for lay, name in zip(needed, names, strict=True):
-            ids = [i for i, pl in enumerate(plan.layer) if pl == lay]
-            prod = ((source_acts[name] - target_acts[name]).float() * grads[name].float()).reshape(len(task), -1)
-            shape = target_acts[name].shape
-            mask = patch_mask(plan, ids, torch.Size((len(ids), *shape[1:])), model.device)
-            mask = mask.expand(len(ids), *shape[1:]).reshape(len(ids), -1).float()
-            estimate[ids] = mask @ prod.T + target_values[None]
-    per_example = estimate.reshape(*plan.shape, len(task)).cpu()
-    result = Result(
-        scores=per_example.mean(-1),
-        dims=plan.dims,
-        labels=plan.labels,
-        metric=metric,
-        clean_value=float(base["clean"].mean()),
-        corrupt_value=float(base["corrupt"].mean()),
-        kind="atp",
-        meta={"site": site, "per_position": per_position, "direction": direction, "method": "atp"},
-        extras={"per_example": per_example},
-        provenance=make_provenance(model, task, seed),
+    run = setup(model, task, site, per_position, direction, layers, positions, metric)
+    grads, target_values = target_gradients(
+        model, run.task, run.target, run.names, run.metric, run.base["clean_logprobs"]
     )
-    if check_sample and len(plan) <= check_sample:
-        from interpkit.patching import patch
-
-        exact = patch(model, task, site, per_position, direction, layers=layers, positions=positions, metric=metric)
-        result.extras["check"] = {"spearman_vs_exact": spearman(result.scores, exact.scores), "n_components": len(plan)}
-    return result
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two same-shaped tensors (average ranks for ties)."""
-    import torch
-
-    def ranks(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(-1).double()
-        order = torch.argsort(x)
-        r = torch.empty_like(x)
-        r[order] = torch.arange(len(x), dtype=torch.float64)
-        for value in torch.unique(x):  # average ties
-            tied = x == value
-            if tied.sum() > 1:
-                r[tied] = r[tied].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = (ra.norm() * rb.norm()).item()
-    return float((ra @ rb).item() / denominator) if denominator > 0 else float("nan")
+    estimate = linear_estimate(model, run, grads) + target_values[None]
+    return finish(model, run, estimate, "atp", check, seed)

@@ -8,11 +8,14 @@ from one forward per run and one backward: the scores are a (senders x receivers
 product. Grouped-query models keep their KV heads: key and value inputs are per KV head.
 
 EAP-IG (Hanna et al. 2024, "inputs" variant): the same with the gradient averaged over ``m``
-points on the straight line between the two runs' embeddings, all ``m`` in one batched
-forward/backward; it tracks exact patching much better where the metric saturates.
+points on the straight line between the two runs' embeddings (right Riemann rule, ``α = k/m``),
+all ``m`` in one batched forward/backward; it tracks exact patching much better where the metric
+saturates. The "activations" variant (``eap_act.py``) interpolates each sender group's output
+instead.
 
-``exact``: each edge patched for real, one receiver at a time, batched over its senders, with
-everything else frozen (it is path patching with a single receiver, see ``patching._path``).
+``exact``: each edge patched for real (``edge_exact.py``: every (edge, example) a row of batched
+forwards). Gradient methods carry ``extras["check"]``: exact patching of a seeded sample of
+edges and its correlation with the estimate (``honesty.py``).
 
 All scores are the metric change caused by patching the edge (target -> source), averaged over
 examples. ``direction="noise"`` (the default): target clean, source corrupt.
@@ -22,11 +25,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from interpkit.attribution.atp import AttributionError
 from interpkit.attribution.graph import Graph, build_graph
-from interpkit.hooks import hooks
 from interpkit.metrics import get as get_metric
 from interpkit.patching._api import baseline
 from interpkit.patching._engine import capture
@@ -59,6 +61,20 @@ def split_inputs(model: Model) -> Iterator[None]:
         model.refresh_hooks()
 
 
+def supports_split_inputs(model: Model) -> bool:
+    """Whether the bridge gives each head its own q/k/v input hook (``split_inputs``)."""
+    cached = getattr(model, "_interpkit_split_inputs", None)
+    if cached is None:
+        try:
+            with split_inputs(model):
+                pass
+            cached = True
+        except NotImplementedError:
+            cached = False
+        model._interpkit_split_inputs = cached
+    return cached
+
+
 def _sender_names(model: Model) -> list[str]:
     c = model.cfg
     names = ["blocks.0.hook_resid_pre"]
@@ -84,11 +100,45 @@ def sender_outputs(model: Model, acts: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=2)
 
 
-def _receiver_names(model: Model) -> list[str]:
+def _projected_receivers(model: Model) -> bool:
+    """Whether head inputs must be reached through ``hook_q/k/v`` (no per-head input hooks).
+
+    That is exact only for attention-only models with no norm before attention (the shipped toys),
+    where the q/k/v change is the projected input change; anything else is refused.
+    """
+    if supports_split_inputs(model):
+        return False
+    if model.cfg.normalization is not None or not model.cfg.attn_only:
+        raise AttributionError(
+            f"{model.name}'s bridge has no per-head q/k/v input hooks (set_use_split_qkv_input is unsupported for "
+            "its attention class), so edge gradients into single heads exist only for attention-only models without "
+            "a norm before attention. Node-level attribution (ik.attribution.atp) and exact path patching still work."
+        )
+    return True
+
+
+def input_gradient(model: Model, name: str, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient at receiver hook ``name`` as a gradient of the receivers' inputs.
+
+    At a per-head input hook it already is; at ``attn.hook_q/k/v`` (``_projected_receivers``),
+    ``q = x W_Q + b`` with no norm before it, so dm/dx for head h is ``dm/dq_h W_Q[h]^T``.
+    """
+    import torch
+
+    if ".attn.hook_" not in name:
+        return grad
+    w = getattr(model.bridge.blocks[int(name.split(".")[1])].attn, f"W_{name[-1].upper()}")  # (head, d_model, d_head)
+    return torch.einsum("bphe,hde->bphd", grad.to(w.dtype), w.detach())
+
+
+def _receiver_names(model: Model, projected: bool = False) -> list[str]:
     c = model.cfg
     names = []
     for layer in range(c.n_layers):
-        names += [f"blocks.{layer}.hook_q_input", f"blocks.{layer}.hook_k_input", f"blocks.{layer}.hook_v_input"]
+        if projected:
+            names += [f"blocks.{layer}.attn.hook_{kind}" for kind in "qkv"]
+        else:
+            names += [f"blocks.{layer}.hook_q_input", f"blocks.{layer}.hook_k_input", f"blocks.{layer}.hook_v_input"]
         if not c.attn_only:
             names.append(f"blocks.{layer}.hook_mlp_in")
     return [*names, f"blocks.{c.n_layers - 1}.hook_resid_post"]
@@ -109,32 +159,38 @@ def receiver_gradients(
     """
     import torch
 
-    fn = get_metric(metric)
-    names = _receiver_names(model)
-    grads: dict[str, torch.Tensor] = {}
+    from interpkit.patching._engine import forward_final
 
-    def keep(grad: torch.Tensor, name: str) -> None:
-        grads[name] = grad.detach()
+    fn = get_metric(metric)
+    projected = _projected_receivers(model)
+    names = _receiver_names(model, projected)
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        kept[hook.name] = act  # returned, so it stays on the autograd path
+        return act
 
     steps = 1 if embed_path is None else embed_path.shape[0]
     n = len(task)
-    fwd = []
+    fwd: list[tuple[str, Any]] = []
     if embed_path is not None:
         flat = embed_path.reshape(steps * n, *embed_path.shape[2:])
         # A fresh leaf that requires grad, so gradients reach the layer-0 inputs.
         fwd = [("blocks.0.hook_resid_pre", lambda act, hook: flat.to(act.dtype).clone().requires_grad_(True))]
     batch = tokens.repeat(steps, 1)
     idx = torch.arange(n, device=tokens.device).repeat(steps)
-    with split_inputs(model), torch.enable_grad(), hooks(model, fwd=fwd, grad=[(name, keep) for name in names]):
-        logits = model.bridge(batch)
-        rows = torch.arange(len(batch), device=logits.device)
-        values = fn(logits[rows, task.answer_pos[idx]], task.answer[idx], task.wrong[idx], clean_logprobs[idx])
+    with contextlib.nullcontext() if projected else split_inputs(model), torch.enable_grad():
+        final = forward_final(model, batch, None, task.answer_pos[idx], [*fwd, *[(name, keep) for name in names]])
+        values = fn(final, task.answer[idx], task.wrong[idx], clean_logprobs[idx])
         if not values.requires_grad:
             raise AttributionError(
                 f"metric {metric!r} has no gradient path to the activations; use logit_diff, logprob, prob or kl"
             )
-        (values.sum() / (n * steps)).backward()
-    model.bridge.zero_grad(set_to_none=True)
+        present = [name for name in names if model.resolve_hook(name) in kept]
+        found = torch.autograd.grad(
+            values.sum() / (n * steps), [kept[model.resolve_hook(name)] for name in present], allow_unused=True
+        )
+    grads = {model.resolve_hook(name): g.detach() for name, g in zip(present, found, strict=True) if g is not None}
     missing = [n for n in names if model.resolve_hook(n) not in grads]
     if missing:
         raise AttributionError(
@@ -145,8 +201,12 @@ def receiver_gradients(
     parts = []
     for name in names:
         g = grads[model.resolve_hook(name)].reshape(steps, n, *grads[model.resolve_hook(name)].shape[1:]).sum(0)
+        g = input_gradient(model, name, g)
         parts.append(g if g.ndim == 4 else g[:, :, None])
     return torch.cat(parts, dim=2)
+
+
+EDGE_METHODS = ("eap", "eap-ig", "eap-ig-act", "exact")
 
 
 def edge_scores(
@@ -156,69 +216,112 @@ def edge_scores(
     direction: str = "noise",
     *,
     ig_steps: int = 5,
+    variant: str = "inputs",
     metric: str | None = None,
+    check: int = 32,
     seed: int = 0,
 ) -> Result:
-    """Score every edge of ``build_graph(model)``; ``method`` is "eap", "eap-ig" or "exact"."""
+    """Score every edge of ``build_graph(model)``; ``method`` is "eap", "eap-ig", "eap-ig-act" or "exact".
+
+    ``variant`` (EAP-IG): "inputs" interpolates the input embeddings, "activations" each sender
+    group's outputs (``eap_act.py``); ``"eap-ig-act"`` is ``"eap-ig"`` with ``variant="activations"``.
+    ``check``: for the gradient methods, exact patching of a seeded sample of that many edges,
+    correlated with the estimate in ``extras["check"]`` (0: off).
+    """
     import torch
 
-    check_mode(direction, None)
-    if method not in ("eap", "eap-ig", "exact"):
-        from interpkit.errors import unknown
+    from interpkit.attribution.edge_exact import exact_edges
+    from interpkit.attribution.honesty import CHECK_EXAMPLES, sample_indices, summary
+    from interpkit.errors import unknown
 
-        raise unknown("edge method", method, ("eap", "eap-ig", "exact"), AttributionError)
+    check_mode(direction, None)
+    if method not in EDGE_METHODS:
+        raise unknown("edge method", method, EDGE_METHODS, AttributionError)
+    if method == "eap-ig-act":
+        method, variant = "eap-ig", "activations"
+    if variant not in ("inputs", "activations"):
+        raise unknown("EAP-IG variant", variant, ("inputs", "activations"), AttributionError)
+    if method == "eap-ig" and ig_steps < 1:
+        raise AttributionError(f"ig_steps must be >= 1, got {ig_steps}")
     metric = metric or task.metric
+    get_metric(metric)
     task = task.to(model.device)
     graph = build_graph(model)
     base = baseline(model, task, metric)
     target, source = (task.clean, task.corrupt) if direction == "noise" else (task.corrupt, task.clean)
+    pairs = [tuple(p) for p in graph.mask.nonzero().tolist()]
+    sample = sample_indices(len(pairs), check, seed) if check else []
+    examples = sample_indices(len(task), CHECK_EXAMPLES, seed)
     if method == "exact":
-        matrix = exact_edge_matrix(model, task, graph, direction, metric)
+        matrix = torch.zeros(len(graph.senders), len(graph.receivers), device=model.device)
+        change = exact_edges(model, task, graph, pairs, direction, metric, base["clean_logprobs"]).mean(-1)
+        matrix[graph.mask] = change.to(matrix.dtype)
     else:
         names = _sender_names(model)
-        target_acts, _ = capture(model, target, names)
-        source_acts, _ = capture(model, source, names)
+        resid = [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)]
+        extra = resid if variant == "activations" and method == "eap-ig" else []
+        target_acts, _ = capture(model, target, [*names, *extra])
+        source_acts, _ = capture(model, source, [*names, *extra])
         with torch.no_grad():
             delta = sender_outputs(model, source_acts) - sender_outputs(model, target_acts)  # (b, p, S, d)
-        path = None
-        if method == "eap-ig":
-            if ig_steps < 1:
-                raise AttributionError(f"ig_steps must be >= 1, got {ig_steps}")
-            alphas = torch.arange(1, ig_steps + 1, device=model.device, dtype=torch.float32) / ig_steps
-            e_t, e_s = target_acts["blocks.0.hook_resid_pre"], source_acts["blocks.0.hook_resid_pre"]
-            path = e_t[None] + alphas[:, None, None, None].to(e_t.dtype) * (e_s - e_t)[None]
-        grads = receiver_gradients(model, task, target, metric, base["clean_logprobs"], path)  # (b, p, R, d)
-        with torch.no_grad():
-            b, p = delta.shape[:2]
-            matrix = delta.reshape(b * p, delta.shape[2], -1).transpose(0, 1).reshape(delta.shape[2], -1).double()
-            matrix = (
-                matrix @ grads.reshape(b * p, grads.shape[2], -1).transpose(0, 1).reshape(grads.shape[2], -1).double().T
-            )
-            matrix = matrix.float()
+        if method == "eap-ig" and variant == "activations":
+            from interpkit.attribution.eap_act import activation_ig_matrix
+
+            matrix, checked = activation_ig_matrix(
+                model, task, graph, target_acts, source_acts, delta, metric, base["clean_logprobs"], ig_steps,
+                [pairs[i] for i in sample], examples,
+            )  # fmt: skip
+        else:
+            path = None
+            if method == "eap-ig":
+                alphas = torch.arange(1, ig_steps + 1, device=model.device, dtype=torch.float32) / ig_steps
+                e_t, e_s = target_acts["blocks.0.hook_resid_pre"], source_acts["blocks.0.hook_resid_pre"]
+                path = e_t[None] + alphas[:, None, None, None].to(e_t.dtype) * (e_s - e_t)[None]
+            grads = receiver_gradients(model, task, target, metric, base["clean_logprobs"], path)  # (b, p, R, d)
+            with torch.no_grad():
+                matrix = torch.einsum("bpsd,bprd->sr", delta.double(), grads.double()).float()
+                ex = torch.tensor(examples, dtype=torch.long, device=model.device)
+                ss = torch.tensor([pairs[i][0] for i in sample], dtype=torch.long, device=model.device)
+                rs = torch.tensor([pairs[i][1] for i in sample], dtype=torch.long, device=model.device)
+                # per-example estimates of the sampled edges (grads carry the 1/n of the mean)
+                per = (delta[ex][:, :, ss].double() * grads[ex][:, :, rs].double()).sum((1, 3)) * len(task)
+                checked = per.T.float()  # (edges, examples)
     scores = matrix[graph.mask]
+    labels = graph.edge_labels()
+    extras: dict = {"matrix": matrix.cpu()}
+    if check and method != "exact":
+        exact = exact_edges(
+            model, task, graph, [pairs[i] for i in sample], direction, metric, base["clean_logprobs"], examples
+        )
+        extras["check"] = summary(checked.mean(-1), exact.mean(-1), [labels[i] for i in sample], seed, examples)
     return Result(
         scores=scores.cpu(),
         dims=("edge",),
-        labels={"edge": graph.edge_labels()},
+        labels={"edge": labels},
         metric=metric,
         clean_value=float(base["clean"].mean()),
         corrupt_value=float(base["corrupt"].mean()),
         kind="edge_attribution",
         meta={
             "method": method,
+            "variant": variant if method == "eap-ig" else None,
             "direction": direction,
             "level": "edge",
             "ig_steps": ig_steps if method == "eap-ig" else None,
+            "ig_rule": "right (alpha = k/m)" if method == "eap-ig" else None,
             "n_senders": len(graph.senders),
             "n_receivers": len(graph.receivers),
         },
-        extras={"matrix": matrix.cpu()},
+        extras=extras,
         provenance=make_provenance(model, task, seed),
     )
 
 
 def exact_edge_matrix(model: Model, task: Task, graph: Graph, direction: str, metric: str) -> torch.Tensor:
-    """(senders x receivers) metric change of patching each edge alone (0 where no edge)."""
+    """(senders x receivers) metric change of patching each edge alone (0 where no edge).
+
+    The slow reference (one ``path_patch`` per receiver); ``edge_exact.exact_edges`` is the fast path.
+    """
     import torch
 
     from interpkit.patching._path import path_patch

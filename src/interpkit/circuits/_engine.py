@@ -37,7 +37,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution.eap import _sender_names, sender_outputs, split_inputs
+from interpkit.attribution.eap import _sender_names, sender_outputs, split_inputs, supports_split_inputs
 from interpkit.attribution.graph import build_graph
 from interpkit.circuits._errors import CircuitError
 from interpkit.metrics import final_logits
@@ -58,20 +58,6 @@ if TYPE_CHECKING:
     from interpkit.circuits._circuit import Circuit
     from interpkit.models import Model
     from interpkit.tasks import Task
-
-
-def supports_split_inputs(model: Model) -> bool:
-    """Whether the bridge gives each head its own q/k/v input hook (``split_inputs``)."""
-    cached = getattr(model, "_interpkit_split_inputs", None)
-    if cached is None:
-        try:
-            with split_inputs(model):
-                pass
-            cached = True
-        except NotImplementedError:
-            cached = False
-        model._interpkit_split_inputs = cached
-    return cached
 
 
 def as_masks(model: Model, circuits: Any) -> torch.Tensor:
