@@ -53,6 +53,54 @@ def test_per_position_and_direction(site, direction, tiny_llama):
     assert torch.allclose(fast.scores, slow, atol=ATOL)
 
 
+SUFFIX_SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
+
+
+def _hook_engine(model, *args, **kwargs):
+    """``patch`` with the suffix (prefix-reuse) path switched off: the hook engine alone."""
+    saved = getattr(model, "_interpkit_suffix_exact", None)
+    model._interpkit_suffix_exact = False
+    try:
+        return patch(model, *args, **kwargs)
+    finally:
+        model._interpkit_suffix_exact = saved
+
+
+@pytest.mark.parametrize("site", SUFFIX_SITES)
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+def test_per_position_prefix_reuse_equals_literal(site, model_name, request):
+    """Per-position sweeps run on the suffix forward; they equal the literal loop and the hook engine."""
+    model = request.getfixturevalue(model_name)
+    task = _task(model, n=3, pos=6, seed=7, ragged=model_name == "tiny_llama")
+    for direction in ("denoise", "noise"):
+        fast = patch(model, task, site, per_position=True, direction=direction, batch_size=5)
+        assert fast.meta["engine"] == "suffix"
+        slow = literal_patch(model, task, site, per_position=True, direction=direction)
+        assert torch.allclose(fast.scores, slow, atol=ATOL), (fast.scores - slow).abs().max()
+        hooked = _hook_engine(model, task, site, per_position=True, direction=direction)
+        assert hooked.meta["engine"] == "hooks"
+        assert torch.allclose(fast.extras["per_example"], hooked.extras["per_example"], atol=ATOL)
+
+
+@pytest.mark.parametrize("metric", ["logprob", "kl", "accuracy"])
+def test_prefix_reuse_with_full_vocabulary_metrics(metric, tiny_gpt2):
+    task = _task(tiny_gpt2, n=3, pos=5, seed=8)
+    fast = patch(tiny_gpt2, task, "head_out", per_position=True, metric=metric, positions=[0, 2, 4], layers=[0, 1])
+    slow = literal_patch(tiny_gpt2, task, "head_out", per_position=True, metric=metric)[:2, [0, 2, 4]]
+    assert fast.meta["engine"] == "suffix"
+    assert torch.allclose(fast.scores, slow, atol=ATOL)
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
+def test_prefix_reuse_ablations_equal_hook_engine(ablation, tiny_llama):
+    task = _task(tiny_llama, n=4, pos=5, seed=9)
+    for site in ("head_out", "mlp_out"):
+        fast = patch(tiny_llama, task, site, per_position=True, ablation=ablation)
+        hooked = _hook_engine(tiny_llama, task, site, per_position=True, ablation=ablation)
+        assert (fast.meta["engine"], hooked.meta["engine"]) == ("suffix", "hooks")
+        assert torch.allclose(fast.extras["per_example"], hooked.extras["per_example"], atol=ATOL)
+
+
 @pytest.mark.parametrize("metric", ["logprob", "prob", "kl", "accuracy"])
 def test_other_metrics(metric, tiny_gpt2):
     task = _task(tiny_gpt2, seed=2)

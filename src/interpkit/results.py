@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -32,7 +33,12 @@ FORMAT = "interpkit-result/1"
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages a result depends on."""
+    """Versions of the packages a result depends on (read once per process: metadata parsing is slow)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str], ...]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -41,7 +47,7 @@ def package_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = "not installed"
-    return out
+    return tuple(out.items())
 
 
 def make_provenance(model: Any = None, task: Any = None, seed: int | None = None, **extra: Any) -> dict[str, Any]:

@@ -19,11 +19,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.metrics import evaluate, final_logits
+from interpkit.distributed import combine, join
 from interpkit.metrics import get as get_metric
-from interpkit.patching._engine import PatchingError, auto_rows, capture, forward_final, masked_patch_hook, run_chunked
+from interpkit.patching._engine import (
+    Batcher,
+    PatchingError,
+    auto_rows,
+    capture,
+    capture_final,
+    forward_final,
+    masked_patch_hook,
+    sweep,
+)
 from interpkit.patching._plan import make_plan, patch_mask
 from interpkit.patching._sources import ablation_source, check_mode
+from interpkit.patching._suffix_patch import suffix_applies, suffix_hooks, suffix_values
 from interpkit.results import Result, make_provenance
 from interpkit.sites import Site, validate
 
@@ -46,19 +56,28 @@ def _check_nan(values: torch.Tensor, labels: list[str], rows_patch: list[int], r
         )
 
 
-def baseline(model: Model, task: Task, metric: str) -> dict[str, Any]:
-    """Clean and corrupt runs: metric values and the clean log-probs KL needs."""
-    import torch
+def baseline(
+    model: Model, task: Task, metric: str, clean_hooks: Sequence[str] = (), corrupt_hooks: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Clean and corrupt runs: metric values, the clean log-probs KL needs, and any activations asked for.
 
-    with torch.inference_mode():
-        clean_logits = model(task.clean)
-        corrupt_logits = model(task.corrupt)
-    clean_final = final_logits(clean_logits, task.answer_pos)
+    One forward per run: ``clean_hooks`` / ``corrupt_hooks`` are captured on the way
+    (``"clean_acts"``, ``"corrupt_acts"``: {resolved hook name: activation}). The runs go in
+    batches sized from free memory (halved on out-of-memory) and keep only the answer position's
+    logits, never the full ``(batch, pos, d_vocab)`` tensor.
+    """
+    fn = get_metric(metric)
+    batcher = Batcher(auto_rows(model, task.n_pos))
+    clean_acts, clean_final = capture_final(model, task.clean, clean_hooks, task.answer_pos, batcher)
+    corrupt_acts, corrupt_final = capture_final(model, task.corrupt, corrupt_hooks, task.answer_pos, batcher)
     clean_lp = clean_final.float().log_softmax(-1)
+    answer, wrong = task.answer.to(clean_final.device), task.wrong.to(clean_final.device)
     return {
-        "clean": evaluate(clean_logits, task, metric, clean_logits),
-        "corrupt": evaluate(corrupt_logits, task, metric, clean_logits),
+        "clean": fn(clean_final, answer, wrong, clean_lp),
+        "corrupt": fn(corrupt_final, answer, wrong, clean_lp),
         "clean_logprobs": clean_lp,
+        "clean_acts": clean_acts,
+        "corrupt_acts": corrupt_acts,
     }
 
 
@@ -66,7 +85,7 @@ def _str_tokens(model: Model, task: Task) -> list[str]:
     return model.to_str_tokens(task.clean[0]) if model.tokenizer is not None else [str(i) for i in range(task.n_pos)]
 
 
-def _sweep_layer(
+def _layer_rows(
     model: Model,
     plan: Any,
     task: Task,
@@ -77,10 +96,9 @@ def _sweep_layer(
     fn: Any,
     clean_logprobs: torch.Tensor,
     values: torch.Tensor,
-    batch_rows: int,
-    labels: list[str],
-) -> None:
-    """Run every (patch, example) row of the patches at ``layer``, writing into ``values``."""
+    check: Any,
+) -> tuple[int, Any]:
+    """Row count and ``run(start, stop)`` for every (patch, example) row of the patches at ``layer``."""
     import torch
 
     n_examples = len(task)
@@ -95,11 +113,57 @@ def _sweep_layer(
         hook = masked_patch_hook(lambda shape: patch_mask(plan, chunk, shape, model.device), src)
         final = forward_final(model, resid[ex], layer, task.answer_pos[ex], [(hook_name, hook)])
         vals = fn(final, task.answer[ex], task.wrong[ex], clean_logprobs[ex])
-        _check_nan(vals, labels, chunk, rows_example[start:stop])
+        check(vals, chunk, rows_example[start:stop])
         values[torch.tensor(chunk, device=model.device), ex] = vals.to(values.dtype)
         return vals
 
-    run_chunked(len(rows_patch), batch_rows, run)
+    return len(rows_patch), run
+
+
+def _hook_sweep(
+    model: Model,
+    plan: Any,
+    task: Task,
+    needed_layers: list[int],
+    hook_names: list[str],
+    resid_names: list[str],
+    source_acts: dict[str, torch.Tensor],
+    target_acts: dict[str, torch.Tensor],
+    fn: Any,
+    base: dict[str, Any],
+    values: torch.Tensor,
+    check: Any,
+    batch_size: int | None,
+    group: Any,
+) -> Batcher:
+    """The hook engine: every (patch, example) a row of forwards that start at the patched layer."""
+    import torch
+
+    runs = [
+        _layer_rows(
+            model,
+            plan,
+            task,
+            lay,
+            hook_name,
+            source_acts[hook_name],
+            target_acts[resid_name],
+            fn,
+            base["clean_logprobs"],
+            values,
+            check,
+        )
+        for lay, hook_name, resid_name in zip(needed_layers, hook_names, resid_names, strict=True)
+    ]
+    with torch.inference_mode():
+        return sweep(
+            [n for n, _ in runs],
+            lambda seg, start, stop: runs[seg][1](start, stop),
+            model=model,
+            n_pos=task.n_pos,
+            batch_size=batch_size,
+            group=group,
+        )
 
 
 def patch(
@@ -116,6 +180,7 @@ def patch(
     pattern_positions: bool = False,
     metric: str | None = None,
     seed: int = 0,
+    distributed: bool | None = None,
 ) -> Result:
     """Patch every component of ``site`` (per layer, head and optionally position); one Result.
 
@@ -123,6 +188,9 @@ def patch(
     head_v, head_pattern. ``direction``: "denoise" (clean into corrupt) or "noise" (corrupt into
     clean). ``ablation`` (zero, mean, resample, counterfactual) replaces the activation in the
     clean run instead. Scores are the task metric (``Result.normalised()``: clean 1, corrupt 0).
+    ``batch_size``: rows (patch x example) per forward; default from free memory, halved on
+    out-of-memory. ``distributed``: under ``torchrun`` (``None`` detects it) each rank runs a
+    share of the patched forwards and every rank returns the same Result as one process would.
     """
     import torch
 
@@ -137,41 +205,59 @@ def patch(
     needed_layers = sorted(set(plan.layer))
     hook_names = [model.resolve_hook(plan.hook(lay)) for lay in needed_layers]
     resid_names = [model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in needed_layers]
-    base = baseline(model, task, metric)
-
-    use_clean_target = ablation is not None or direction == "noise"
-    target_tokens = task.clean if use_clean_target else task.corrupt
-    target_acts, _ = capture(model, target_tokens, [*hook_names, *resid_names])
-    if ablation is None:
-        source_acts, _ = capture(model, task.corrupt if direction == "noise" else task.clean, hook_names)
-    else:
-        other, _ = capture(model, task.corrupt, hook_names)
-        source_acts = {
-            h: ablation_source(ablation, target_acts[h], other[h], task, seed, pattern=plan.kind == "pattern")
-            for h in hook_names
-        }
-
     n_examples = len(task)
-    values = torch.full((len(plan), n_examples), float("nan"), device=model.device)
-    batch_rows = batch_size or auto_rows(model, task.n_pos)
-    labels = plan.component_labels()
-    with torch.inference_mode():
-        for lay, hook_name, resid_name in zip(needed_layers, hook_names, resid_names, strict=True):
-            _sweep_layer(
-                model,
-                plan,
-                task,
-                lay,
-                hook_name,
-                source_acts[hook_name],
-                target_acts[resid_name],
-                fn,
-                base["clean_logprobs"],
-                values,
-                batch_rows,
-                labels,
-            )
+    use_clean_target = ablation is not None or direction == "noise"
+    group = join(model, distributed, error=PatchingError)
+    try:
+        # prefix reuse: a per-position sweep recomputes only positions >= p of layers >= l
+        use_suffix = suffix_applies(model, plan)
+        target_hooks = [*hook_names, *(suffix_hooks(model) if use_suffix else resid_names)]
+        clean_hooks, corrupt_hooks = (target_hooks, hook_names) if use_clean_target else (hook_names, target_hooks)
+        base = baseline(model, task, metric, clean_hooks, corrupt_hooks)  # the two runs, captured on the way
+        target_acts, other_acts = (
+            (base["clean_acts"], base["corrupt_acts"])
+            if use_clean_target
+            else (base["corrupt_acts"], base["clean_acts"])
+        )
+        if ablation is None:
+            source_acts = other_acts
+        else:
+            pattern = plan.kind == "pattern"
+            source_acts = {
+                h: ablation_source(ablation, target_acts[h], base["corrupt_acts"][h], task, seed, pattern=pattern)
+                for h in hook_names
+            }
+        values = torch.full((len(plan), n_examples), 0.0 if group.active else float("nan"), device=model.device)
+        labels = plan.component_labels()
 
+        def check(vals: torch.Tensor, rows_patch: list[int], rows_example: list[int]) -> None:
+            _check_nan(vals, labels, rows_patch, rows_example)
+
+        if use_suffix:
+            with torch.inference_mode():
+                batcher = suffix_values(
+                    model,
+                    plan,
+                    task,
+                    target_acts,
+                    {lay: source_acts[h] for lay, h in zip(needed_layers, hook_names, strict=True)},
+                    fn,
+                    metric,
+                    base["clean_logprobs"],
+                    values,
+                    batch_size or auto_rows(model, task.n_pos),
+                    check,
+                    group,
+                )
+        else:
+            batcher = _hook_sweep(
+                model, plan, task, needed_layers, hook_names, resid_names, source_acts, target_acts, fn, base,
+                values, check, batch_size, group,
+            )  # fmt: skip
+        values = combine(group, values)
+    finally:
+        group.close()
+    batch_rows = batcher.initial
     per_example = values.reshape(*plan.shape, n_examples).cpu()
     meta = {
         "site": site,
@@ -180,6 +266,7 @@ def patch(
         "direction": direction if ablation is None else f"ablate ({ablation})",
         "ablation": ablation,
         "batch_rows": batch_rows,
+        "engine": "suffix" if use_suffix else "hooks",
     }
     if plan.note:
         meta["note"] = plan.note
@@ -220,8 +307,13 @@ def ablate(
     *,
     metric: str | None = None,
     seed: int = 0,
+    batch_size: int | None = None,
+    distributed: bool | None = None,
 ) -> torch.Tensor:
     """Per-example metric ``(batch,)`` of the clean run with every listed component ablated at once.
+
+    Examples run in batches of ``batch_size`` (default from free memory, halved on
+    out-of-memory); under ``torchrun`` the batches are shared between ranks (see ``ik.patch``).
 
     >>> ik.patching.ablate(model, task, ["L1H0", "L1H2"], ablation="zero").mean()   # doctest: +SKIP
     """
@@ -240,14 +332,32 @@ def ablate(
     corrupt_acts, _ = (
         capture(model, task.corrupt, list(by_hook)) if ablation in ("mean", "counterfactual") else (clean_acts, None)
     )
-    patches = []
-    for hook_name, group in by_hook.items():
+    masks, sources = {}, {}
+    for hook_name, members in by_hook.items():
         act = clean_acts[hook_name]
         mask = torch.zeros((1,) * act.ndim, dtype=torch.bool, device=model.device)
-        for s in group:
+        for s in members:
             mask = mask | _component_mask(s, act.shape, model.cfg.group_size, model.device)
-        src = ablation_source(ablation, act, corrupt_acts[hook_name], task, seed, pattern=group[0].kind == "pattern")
-        patches.append((hook_name, masked_patch_hook(lambda shape, m=mask: m, src)))
-    with torch.inference_mode():
-        final = forward_final(model, task.clean, None, task.answer_pos, patches)
-        return fn(final, task.answer, task.wrong, base["clean_logprobs"]).cpu()
+        masks[hook_name] = mask
+        sources[hook_name] = ablation_source(
+            ablation, act, corrupt_acts[hook_name], task, seed, pattern=members[0].kind == "pattern"
+        )
+    group = join(model, distributed, error=PatchingError)
+    values = torch.zeros(len(task), device=model.device)
+
+    def run(_: int, start: int, stop: int) -> None:
+        patches = [
+            (h, masked_patch_hook(lambda shape, m=masks[h]: m, src if src.shape[0] == 1 else src[start:stop]))
+            for h, src in sources.items()
+        ]
+        final = forward_final(model, task.clean[start:stop], None, task.answer_pos[start:stop], patches)
+        vals = fn(final, task.answer[start:stop], task.wrong[start:stop], base["clean_logprobs"][start:stop])
+        values[start:stop] = vals.to(values.dtype)
+
+    try:
+        with torch.inference_mode():
+            sweep(len(task), run, model=model, n_pos=task.n_pos, batch_size=batch_size, group=group)
+            values = combine(group, values)
+    finally:
+        group.close()
+    return values.cpu()

@@ -12,7 +12,10 @@ forwards as memory allows:
   through the final norm and unembedding (the vocabulary projection is the largest matmul of a
   small model); this tail is checked once per model against the full forward and skipped when it
   does not reproduce the logits;
-* the row batch size comes from free memory and halves on out-of-memory, keeping finished chunks.
+* the row batch size comes from free memory and halves on out-of-memory, keeping finished chunks
+  (:class:`Batcher`, :func:`sweep`: the shared helper other engines call);
+* under ``torchrun`` the row chunks are shared between ranks and the values combined
+  (:mod:`interpkit.distributed`), bit-identical to a single process with the same batch size.
 
 Everything runs under ``torch.inference_mode`` on the model's device.
 """
@@ -29,6 +32,7 @@ from interpkit.hooks import hooks
 if TYPE_CHECKING:
     import torch
 
+    from interpkit.distributed import Group
     from interpkit.models import Model
 
 
@@ -116,6 +120,35 @@ def forward_final(
     return _tail(model, caught["resid"])
 
 
+def capture_final(
+    model: Model, tokens: torch.Tensor, names: Sequence[str], answer_pos: torch.Tensor, batcher: Batcher | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Forwards of ``tokens`` in row chunks: {hook: activation} of ``names`` and logits ``(batch, d_vocab)``.
+
+    Unlike :func:`capture`, only the answer position's logits are kept (never the full
+    ``(batch, pos, d_vocab)`` tensor), and the rows go in chunks that halve on out-of-memory.
+    """
+    import torch
+
+    canonical = sorted({model.resolve_hook(n) for n in names})
+    batcher = batcher or Batcher(auto_rows(model, tokens.shape[1]))
+
+    def run(a: int, b: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        store: dict[str, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook: Any) -> None:
+            store[hook.name] = act.detach().clone()
+
+        with torch.inference_mode():
+            final = forward_final(model, tokens[a:b], None, answer_pos[a:b], [(n, keep) for n in canonical])
+        return store, final
+
+    parts = batcher.run(0, tokens.shape[0], run)
+    if len(parts) == 1:
+        return parts[0]
+    return {n: torch.cat([p[0][n] for p in parts]) for n in canonical}, torch.cat([p[1] for p in parts])
+
+
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "out of memory" in text or "not enough memory" in text or type(exc).__name__ == "OutOfMemoryError"
@@ -149,6 +182,48 @@ def auto_rows(model: Model, n_pos: int) -> int:
     return int(max(1, min(by_memory, max(1, tokens_budget // max(n_pos, 1)), 4096)))
 
 
+class Batcher:
+    """Rows per forward that adapt to memory: start from an estimate, halve on out-of-memory, remember.
+
+    Finished chunks are kept: a chunk that runs out of memory is retried in halves, the chunks
+    before it are not recomputed, and the halved size carries over to every later chunk (and to
+    every later :meth:`run` on the same Batcher), so one out-of-memory costs one failed forward.
+
+        >>> b = Batcher(8)
+        >>> [t for t in b.run(0, 20, lambda start, stop: (start, stop))]
+        [(0, 8), (8, 16), (16, 20)]
+    """
+
+    def __init__(self, rows: int, on_oom: Callable[[int], None] | None = None) -> None:
+        self.rows = max(1, int(rows))
+        self.initial = self.rows
+        self.halvings = 0
+        self.on_oom = on_oom
+
+    def run(self, start: int, stop: int, fn: Callable[[int, int], Any]) -> list[Any]:
+        """``fn(a, b)`` over ``[start, stop)`` in chunks of at most ``self.rows`` rows."""
+        out: list[Any] = []
+        at = start
+        while at < stop:
+            end = min(stop, at + self.rows)
+            failed = False
+            try:
+                out.append(fn(at, end))
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc) or end - at == 1:
+                    raise
+                failed = True
+            if failed:  # outside the except block, so the failed forward's tensors are freed first
+                self.rows = max(1, (end - at) // 2)
+                self.halvings += 1
+                if self.on_oom is not None:
+                    self.on_oom(self.rows)
+                _empty_cache()
+                continue
+            at = end
+        return out
+
+
 def run_chunked(
     n_rows: int,
     batch_rows: int,
@@ -156,23 +231,55 @@ def run_chunked(
     on_oom: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """Call ``run(start, stop)`` over row chunks; halve the chunk and retry on out-of-memory."""
-    out: list[torch.Tensor] = []
-    start = 0
-    size = max(1, batch_rows)
-    while start < n_rows:
-        stop = min(n_rows, start + size)
-        try:
-            out.append(run(start, stop))
-        except (RuntimeError, MemoryError) as exc:
-            if not _is_oom(exc) or size == 1:
-                raise
-            size //= 2
-            if on_oom is not None:
-                on_oom(size)
-            _empty_cache()
-            continue
-        start = stop
-    return out
+    return Batcher(batch_rows, on_oom).run(0, n_rows, run)
+
+
+def sweep(
+    segments: int | Sequence[int],
+    run: Callable[..., Any],
+    *,
+    model: Model | None = None,
+    n_pos: int = 1,
+    batch_size: int | None = None,
+    group: Group | None = None,
+) -> Batcher:
+    """Run ``run(segment, start, stop)`` over every row of every segment, in adaptive chunks.
+
+    The shared batching helper: ``segments`` are row counts (an int is one segment; the
+    patching engine uses one per layer). Rows per forward are ``batch_size``, else
+    :func:`auto_rows` of ``model`` for ``n_pos`` tokens per row; out-of-memory halves them.
+    Under a :class:`~interpkit.distributed.Group` every rank plans the same chunks (the smallest
+    batch size of all ranks) and runs a contiguous block of them, so each chunk is the very
+    batch a single process would run; ``run`` writes its rows into a zero-filled tensor that
+    :func:`interpkit.distributed.combine` then sums over ranks. A failure on any rank is raised
+    on every rank. Returns the Batcher (its ``rows`` and ``halvings`` say what happened).
+
+        >>> seen = []
+        >>> sweep([3, 2], lambda seg, a, b: seen.append((seg, a, b)), batch_size=2).rows
+        2
+        >>> seen
+        [(0, 0, 2), (0, 2, 3), (1, 0, 2)]
+    """
+    from interpkit.distributed import Group, share
+
+    group = group or Group()
+    sizes = [segments] if isinstance(segments, int) else list(segments)
+    if batch_size is not None:
+        rows = int(batch_size)
+    elif model is not None:
+        rows = auto_rows(model, n_pos)
+    else:
+        raise PatchingError("sweep needs batch_size or a model to size batches from")
+    batcher = Batcher(group.min_int(rows))
+    chunks = [(seg, a, min(n, a + batcher.rows)) for seg, n in enumerate(sizes) for a in range(0, n, batcher.rows)]
+    error: BaseException | None = None
+    try:
+        for seg, a, b in share(group, chunks):
+            batcher.run(a, b, lambda start, stop, seg=seg: run(seg, start, stop))
+    except BaseException as exc:
+        error = exc
+    group.agree(error)
+    return batcher
 
 
 def _empty_cache() -> None:

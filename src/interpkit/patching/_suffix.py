@@ -1,0 +1,487 @@
+"""Suffix-only forwards: per-position patches recompute only what a patch can change.
+
+A patch at layer l and position p changes nothing at positions < p (causal attention) and
+nothing below layer l. :class:`SuffixRunner` is a functional forward over the bridge's weights
+that exploits both: rows of a batch (patch x example, all with the same start position p) hold
+the residual stream of positions p..n-1 only; each remaining block takes its queries from the
+suffix and its keys/values from the base run's cached prefix (positions < p, per example)
+concatenated with the suffix's own, with rotary at the true absolute positions, grouped-query
+head sharing and a causal mask. Only the answer position goes through the final norm and
+unembedding, and positions after the last answer position are never computed.
+
+The forward is checked once per model against the bridge (:meth:`SuffixRunner.check`, cached on
+the model like ``tail_is_exact``); anything not implemented (soft-capping, parallel attention and
+MLP, ALiBi, sliding windows, query/key norms, ...) gets an "unsupported" verdict
+(:func:`unsupported_reason`), so callers fall back to the hook-based engine instead of being
+silently wrong.
+
+    >>> runner = SuffixRunner(model)                                         # doctest: +SKIP
+    >>> base = runner.capture(task.corrupt, task.answer_pos)                 # doctest: +SKIP
+    >>> logits = suffix_sweep(runner, base, "head_out", 3, clean_z)          # doctest: +SKIP
+    >>> logits.shape        # (pos, head, batch, d_vocab)                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+from interpkit.errors import InterpkitError
+
+if TYPE_CHECKING:
+    import torch
+
+    from interpkit.models import Model
+
+SUFFIX_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
+_HF_TYPES = {"llama", "mistral", "qwen2", "gpt2"}
+_ACTS = {"relu", "silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh"}
+
+
+def base_hooks(model: Model) -> list[str]:
+    """The hook points the base run of the suffix forward reads: every block's input and the final residual."""
+    last = model.cfg.n_layers - 1
+    return [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)] + [f"blocks.{last}.hook_resid_post"]
+
+
+class SuffixUnsupported(InterpkitError):
+    """The suffix forward does not implement this model's architecture (use the hook engine)."""
+
+
+def unsupported_reason(model: Model) -> str | None:
+    """Why the suffix forward cannot run ``model`` (None when it is implemented)."""
+    c = model.bridge.cfg
+    hf = getattr(getattr(model.bridge, "original_model", None), "config", None)
+    norm = getattr(c, "normalization_type", None)
+    checks = [
+        (norm not in (None, "LN", "RMS"), f"normalization {norm!r}"),
+        (getattr(c, "positional_embedding_type", "standard") not in ("standard", "rotary"), "positional embedding"),
+        (float(getattr(c, "attn_scores_soft_cap", -1.0)) > 0, "attention soft-capping"),
+        (float(getattr(c, "output_logits_soft_cap", -1.0)) > 0, "logit soft-capping"),
+        (bool(getattr(c, "parallel_attn_mlp", False)), "parallel attention and MLP"),
+        (bool(getattr(c, "use_qk_norm", False)), "query/key norms"),
+        (bool(getattr(c, "use_local_attn", False)), "local attention"),
+        (bool(getattr(c, "rotary_adjacent_pairs", False)), "adjacent-pair rotary"),
+        (str(getattr(c, "act_fn", "relu")).lower() not in _ACTS and not c.attn_only, f"activation {c.act_fn!r}"),
+    ]
+    if hf is not None:
+        kind = getattr(hf, "model_type", None)
+        checks += [
+            (kind not in _HF_TYPES, f"Hugging Face model type {kind!r}"),
+            (
+                getattr(hf, "sliding_window", None) is not None and getattr(hf, "use_sliding_window", True),
+                "sliding window",
+            ),
+            (bool(getattr(hf, "scale_attn_by_inverse_layer_idx", False)), "per-layer attention scale"),
+        ]
+    elif model.cfg.positional == "rotary":
+        checks.append((True, "native rotary models"))
+    bad = [why for failed, why in checks if failed]
+    return f"suffix forward does not implement {', '.join(bad)}" if bad else None
+
+
+def _act(name: str) -> Any:
+    import torch.nn.functional as F
+
+    name = name.lower()
+    if name == "relu":
+        return F.relu
+    if name in ("silu", "swish"):
+        return F.silu
+    if name == "gelu":
+        return F.gelu
+    return lambda x: F.gelu(x, approximate="tanh")
+
+
+@dataclasses.dataclass
+class _Norm:
+    kind: str | None  # "LN", "RMS" or None
+    w: torch.Tensor | None
+    b: torch.Tensor | None
+    eps: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind is None:
+            return x
+        dtype = x.dtype
+        x = x.float()
+        if self.kind == "LN":
+            x = x - x.mean(-1, keepdim=True)
+        x = (x * (x.pow(2).mean(-1, keepdim=True) + self.eps).rsqrt()).to(dtype)
+        x = x * self.w if self.w is not None else x
+        return x + self.b if self.b is not None else x
+
+
+def _norm(module: Any, kind: str | None, eps: float) -> _Norm:
+    if kind is None:
+        return _Norm(None, None, None, eps)
+    inner = getattr(module, "_original_component", module)
+    w = getattr(inner, "weight", None)
+    if w is None:
+        raise SuffixUnsupported(f"cannot find the weight of norm {type(inner).__name__}")
+    eps = float(getattr(inner, "variance_epsilon", getattr(inner, "eps", eps)))
+    b = getattr(inner, "bias", None)
+    return _Norm(kind, w.detach(), None if b is None else b.detach(), eps)
+
+
+@dataclasses.dataclass
+class _Layer:
+    ln1: _Norm
+    ln2: _Norm | None
+    w_qkv: torch.Tensor  # (d_model, (n_heads + 2 n_kv_heads) d_head)
+    b_qkv: torch.Tensor | None
+    w_o: torch.Tensor  # (n_heads d_head, d_model)
+    b_o: torch.Tensor | None
+    w_in: torch.Tensor | None  # (d_model, d_mlp)
+    w_gate: torch.Tensor | None
+    b_in: torch.Tensor | None
+    w_out: torch.Tensor | None  # (d_mlp, d_model)
+    b_out: torch.Tensor | None
+
+
+@dataclasses.dataclass
+class BaseRun:
+    """The base (target) run truncated after its last answer position, as the suffix forward needs it.
+
+    ``resid_pre[l]`` is ``(batch, pos, d_model)`` entering block l (``resid_pre[n_layers]`` is the
+    final residual); ``resid_mid``, ``z`` (batch, pos, head, d_head) and the rotated keys and
+    values ``k``, ``v`` (batch, pos, kv_head, d_head) per layer; ``cos``/``sin`` (pos, rot_dim).
+    """
+
+    resid_pre: list[torch.Tensor]
+    resid_mid: list[torch.Tensor]
+    z: list[torch.Tensor]
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    answer_pos: torch.Tensor
+    cos: torch.Tensor | None
+    sin: torch.Tensor | None
+
+    @property
+    def n_pos(self) -> int:
+        return self.resid_pre[0].shape[1]
+
+
+def _flat_bias(b: Any, n: int, d_head: int, device: Any, dtype: Any) -> torch.Tensor:
+    import torch
+
+    return torch.zeros(n * d_head, device=device, dtype=dtype) if b is None else b.detach().reshape(-1)
+
+
+class SuffixRunner:
+    """A functional forward of ``model`` that starts mid-network on a suffix of positions."""
+
+    def __init__(self, model: Model) -> None:
+        import torch
+
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise SuffixUnsupported(reason)
+        self.model = model
+        b, c = model.bridge, model.cfg
+        self.n_heads, self.n_kv, self.d_head = c.n_heads, c.n_kv_heads, c.d_head
+        self.attn_only = c.attn_only
+        bc = b.cfg
+        norm, eps = bc.normalization_type, float(bc.eps)
+        self.act = _act(str(bc.act_fn)) if not c.attn_only else None
+        self.gated = bool(getattr(bc, "gated_mlp", False))
+        dev, dt = model.device, model.dtype
+        self.layers: list[_Layer] = []
+        scales = set()
+        with torch.inference_mode():
+            for blk in b.blocks:
+                a = blk.attn
+                w = [a.W_Q, a.W_K, a.W_V]
+                w_qkv = torch.cat([x.detach().permute(1, 0, 2).reshape(c.d_model, -1) for x in w], dim=1)
+                biases = [a.b_Q, a.b_K, a.b_V]
+                b_qkv = None
+                if any(x is not None for x in biases):
+                    heads = (self.n_heads, self.n_kv, self.n_kv)
+                    b_qkv = torch.cat([_flat_bias(x, n, c.d_head, dev, dt) for x, n in zip(biases, heads, strict=True)])
+                mlp = None if c.attn_only else blk.mlp
+                gate = getattr(mlp, "W_gate", None) if self.gated else None
+                if self.gated and gate is None:
+                    raise SuffixUnsupported("gated MLP without W_gate")
+                self.layers.append(
+                    _Layer(
+                        ln1=_norm(getattr(blk, "ln1", None), norm, eps),
+                        ln2=None if c.attn_only else _norm(getattr(blk, "ln2", None), norm, eps),
+                        w_qkv=w_qkv.contiguous(),
+                        b_qkv=b_qkv,
+                        w_o=a.W_O.detach().reshape(-1, c.d_model),
+                        b_o=None if a.b_O is None else a.b_O.detach(),
+                        w_in=None if mlp is None else mlp.W_in.detach(),
+                        w_gate=None if gate is None else gate.detach(),
+                        b_in=None if mlp is None or mlp.b_in is None else mlp.b_in.detach(),
+                        w_out=None if mlp is None else mlp.W_out.detach(),
+                        b_out=None if mlp is None or mlp.b_out is None else mlp.b_out.detach(),
+                    )
+                )
+                scales.add(getattr(getattr(a, "_original_component", None), "scaling", None))
+            self.ln_final = _norm(b.ln_final, norm, eps)
+            self.w_u = b.W_U.detach()  # (d_model, d_vocab)
+            self.b_u = None if b.b_U is None else b.b_U.detach()
+        scale = scales.pop() if len(scales) == 1 else None
+        if scale is None:
+            uses = getattr(bc, "use_attn_scale", True)
+            scale = 1.0 if not uses else 1.0 / (bc.attn_scale if bc.attn_scale > 0 else math.sqrt(c.d_head))
+        self.scale = float(scale)
+        self.rotary = c.positional == "rotary"
+
+    # ------------------------------------------------------------------ verdict
+    @classmethod
+    def check(cls, model: Model) -> bool:
+        """Whether the suffix forward reproduces the bridge's logits (1e-4), checked once per model."""
+        cached = getattr(model, "_interpkit_suffix_exact", None)
+        if cached is not None:
+            return cached
+        try:
+            ok = cls(model)._probe()
+        except SuffixUnsupported:
+            ok = False
+        model._interpkit_suffix_exact = ok
+        return ok
+
+    def _probe(self) -> bool:
+        import torch
+
+        m = self.model
+        n = min(9, m.cfg.n_ctx)
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, m.cfg.d_vocab, (2, n), generator=g).to(m.device)
+        answer_pos = torch.tensor([n - 1, n - 3], device=m.device)
+        with torch.inference_mode():
+            ref = m.bridge(tokens)[torch.arange(2), answer_pos]
+            base = self.capture(tokens, answer_pos)
+            ex = torch.arange(2, device=m.device)
+            layer, p = m.cfg.n_layers // 2, n // 2
+            runs = [
+                self.run(base, 0, "pre", base.resid_pre[0], 0, ex),
+                self.run(base, layer, "pre", base.resid_pre[layer][:, p:], p, ex),
+            ]
+            if not self.attn_only:
+                runs.append(self.run(base, layer, "mid", base.resid_mid[layer][:, p:], p, ex))
+        return all(torch.allclose(r, ref, atol=1e-4, rtol=1e-4) for r in runs)
+
+    # ------------------------------------------------------------------ pieces
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate-half rotary on the first ``rot_dim`` dims of ``x`` (..., pos, head, d_head)."""
+        import torch
+
+        rot = cos.shape[-1]
+        cos, sin = cos[:, None, :], sin[:, None, :]  # (pos, 1, rot)
+        xr, rest = x[..., :rot], x[..., rot:]
+        half = rot // 2
+        rotated = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)
+        out = (xr * cos + rotated * sin).to(x.dtype)
+        return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+
+    def _cos_sin(self, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        import torch
+
+        if not self.rotary:
+            return None, None
+        emb = self.model.bridge.rotary_emb
+        emb = getattr(emb, "_original_component", emb)
+        dummy = torch.zeros(1, n, self.d_head, device=self.model.device, dtype=self.model.dtype)
+        cos, sin = emb(dummy, torch.arange(n, device=self.model.device)[None])
+        if cos.shape[-1] > self.d_head or cos.shape[-1] % 2:
+            raise SuffixUnsupported(f"rotary width {cos.shape[-1]} with d_head {self.d_head}")
+        return cos[0], sin[0]
+
+    def _qkv(self, lay: _Layer, x: torch.Tensor, cos: Any, sin: Any) -> tuple[torch.Tensor, ...]:
+        """Queries (rows, pos, head, d_head), rotated keys and values (rows, pos, kv_head, d_head)."""
+        h = lay.ln1(x) @ lay.w_qkv
+        if lay.b_qkv is not None:
+            h = h + lay.b_qkv
+        hq, hk = self.n_heads * self.d_head, self.n_kv * self.d_head
+        q = h[..., :hq].unflatten(-1, (self.n_heads, self.d_head))
+        k = h[..., hq : hq + hk].unflatten(-1, (self.n_kv, self.d_head))
+        v = h[..., hq + hk :].unflatten(-1, (self.n_kv, self.d_head))
+        if cos is not None:
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        return q, k, v
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int) -> torch.Tensor:
+        """z (rows, s, head, d_head) for queries at positions p.. over keys at positions 0.."""
+        import torch
+
+        rows, s, _, dh = q.shape
+        n = k.shape[1]
+        group = self.n_heads // self.n_kv
+        qg = q.reshape(rows, s, self.n_kv, group, dh).permute(0, 2, 3, 1, 4)  # (rows, kv, group, s, dh)
+        kt = k.permute(0, 2, 3, 1)[:, :, None]  # (rows, kv, 1, dh, n)
+        scores = (qg @ kt) * self.scale  # (rows, kv, group, s, n)
+        future = torch.arange(n, device=q.device)[None, :] > torch.arange(p, p + s, device=q.device)[:, None]
+        scores = scores.masked_fill(future, float("-inf"))
+        pattern = scores.softmax(-1).to(v.dtype)
+        z = pattern @ v.permute(0, 2, 1, 3)[:, :, None]  # (rows, kv, group, s, dh)
+        return z.permute(0, 3, 1, 2, 4).reshape(rows, s, self.n_heads, dh)
+
+    def _mlp(self, lay: _Layer, x: torch.Tensor) -> torch.Tensor:
+        h = lay.ln2(x)
+        pre = h @ lay.w_in
+        if lay.b_in is not None:
+            pre = pre + lay.b_in
+        post = self.act(h @ lay.w_gate) * pre if lay.w_gate is not None else self.act(pre)
+        out = post @ lay.w_out
+        return out + lay.b_out if lay.b_out is not None else out
+
+    def attn_out(self, lay: _Layer, z: torch.Tensor) -> torch.Tensor:
+        """The attention output (..., d_model) of ``z`` (..., head, d_head)."""
+        out = z.flatten(-2) @ lay.w_o
+        return out + lay.b_o if lay.b_o is not None else out
+
+    def unembed(self, resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm and unembedding of ``resid`` (rows, d_model); only ``columns`` (rows, k) if given."""
+        x = self.ln_final(resid)
+        if columns is None:
+            return x @ self.w_u + self.b_u if self.b_u is not None else x @ self.w_u
+        w = self.w_u.T[columns]  # (rows, k, d_model)
+        out = (w @ x[:, :, None])[..., 0]
+        return out + self.b_u[columns] if self.b_u is not None else out
+
+    def mlp_out(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
+        """The MLP output of ``layer`` for ``resid_mid`` (..., d_model); zeros when attention-only."""
+        return resid_mid * 0 if self.attn_only else self._mlp(self.layers[layer], resid_mid)
+
+    # ------------------------------------------------------------------ the two entry points
+    def capture(
+        self, tokens: torch.Tensor | None, answer_pos: torch.Tensor, store: dict[str, torch.Tensor] | None = None
+    ) -> BaseRun:
+        """The base run of ``tokens`` (batch, pos), truncated after the last answer position.
+
+        ``store``: activations already captured from that run at :func:`base_hooks` (resolved
+        names), so no forward is needed; ``tokens`` may then be None.
+        """
+        import torch
+
+        from interpkit.patching._engine import capture
+
+        m = self.model
+        n = int(answer_pos.max()) + 1
+        names = [m.resolve_hook(name) for name in base_hooks(m)]
+        if store is None:
+            store, _ = capture(m, m.check_tokens(tokens)[:, :n], names)
+        resid_pre = [store[name][:, :n] for name in names]  # causal: later positions change nothing here
+        cos, sin = self._cos_sin(n)
+        mids, zs, ks, vs = [], [], [], []
+        with torch.inference_mode():
+            for lay, x in zip(self.layers, resid_pre, strict=False):
+                q, k, v = self._qkv(lay, x, cos, sin)
+                z = self._attend(q, k, v, 0)
+                mids.append(x + self.attn_out(lay, z))
+                zs.append(z)
+                ks.append(k)
+                vs.append(v)
+        return BaseRun(resid_pre, mids, zs, ks, vs, answer_pos.to(m.device), cos, sin)
+
+    def run(
+        self,
+        base: BaseRun,
+        start_layer: int,
+        stage: str,
+        resid: torch.Tensor,
+        p: int,
+        ex: torch.Tensor,
+        columns: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (rows, d_vocab, or rows, k for ``columns``) at each row's answer position.
+
+        ``resid`` (rows, n - p, d_model) is the residual stream of positions p..n-1 entering
+        block ``start_layer`` (``stage`` "pre") or its MLP ("mid"); row r continues base example
+        ``ex[r]``, whose keys and values supply positions < p. Rows whose answer position is
+        before p get the base run's logits.
+        """
+        import torch
+
+        if stage not in ("pre", "mid"):
+            raise ValueError(f"stage must be 'pre' or 'mid', got {stage!r}")
+        cos = None if base.cos is None else base.cos[p:]
+        sin = None if base.sin is None else base.sin[p:]
+        x = resid
+        with torch.inference_mode():
+            for li in range(start_layer, len(self.layers)):
+                lay = self.layers[li]
+                if li > start_layer or stage == "pre":
+                    q, k, v = self._qkv(lay, x, cos, sin)
+                    if p:
+                        k = torch.cat([base.k[li][ex, :p], k], dim=1)
+                        v = torch.cat([base.v[li][ex, :p], v], dim=1)
+                    x = x + self.attn_out(lay, self._attend(q, k, v, p))
+                if not self.attn_only:
+                    x = x + self._mlp(lay, x)
+            at = base.answer_pos[ex]
+            rows = torch.arange(len(ex), device=x.device)
+            final = x[rows, (at - p).clamp(0, x.shape[1] - 1)]
+            final = torch.where((at < p)[:, None], base.resid_pre[-1][ex, at], final)
+            return self.unembed(final, columns)
+
+
+def suffix_sweep(
+    runner: SuffixRunner,
+    base: BaseRun,
+    site: str,
+    layer: int,
+    source: torch.Tensor,
+    positions: list[int] | None = None,
+    columns: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits ``(position, head, batch, k)`` of every per-position patch of ``site`` at ``layer``.
+
+    ``site`` is one of :data:`SUFFIX_SITES`; ``source`` is the source run's activation at the
+    site's hook (``(batch or 1, pos, d_model)``, or ``(batch or 1, pos, head, d_head)`` for
+    ``head_out``, i.e. ``hook_z``), written at one position (and head) of the base run per patch.
+    The head axis has length ``n_heads`` for ``head_out`` and 1 otherwise; ``k`` is ``d_vocab``,
+    or the width of ``columns`` (batch, k): per-example token ids whose logits alone are wanted.
+
+        >>> suffix_sweep(runner, base, "resid_pre", 0, clean_resid_pre).shape   # doctest: +SKIP
+        torch.Size([6, 1, 3, 97])
+    """
+    import torch
+
+    if site not in SUFFIX_SITES:
+        raise SuffixUnsupported(f"suffix sweeps cover {SUFFIX_SITES}, not {site!r}")
+    if runner.attn_only and site in ("resid_mid", "mlp_out"):
+        raise SuffixUnsupported(f"site {site!r} does not exist in an attention-only model")
+    n, batch, dev = base.n_pos, base.resid_pre[0].shape[0], base.resid_pre[0].device
+    positions = list(range(source.shape[1])) if positions is None else list(positions)
+    heads = runner.n_heads if site == "head_out" else 1
+    ex = torch.arange(batch, device=dev).repeat(heads)  # rows are (head, example)
+    head = torch.arange(heads, device=dev).repeat_interleave(batch)
+    cols = None if columns is None else columns.to(dev)[ex]
+    source = source.to(dev).expand(batch, *source.shape[1:])
+    lay = runner.layers[layer]
+    out = []
+    with torch.inference_mode():
+        unpatched = runner.unembed(base.resid_pre[-1][ex, base.answer_pos[ex]], cols)
+        for p in positions:
+            if p >= n:  # after every answer position: nothing it can change
+                out.append(unpatched)
+                continue
+            src = source[ex, p]
+            if site == "resid_pre":
+                x = torch.cat([src[:, None], base.resid_pre[layer][ex, p + 1 :]], dim=1)
+                out.append(runner.run(base, layer, "pre", x, p, ex, cols))
+                continue
+            if site == "resid_post":
+                post = src
+            elif site == "mlp_out":
+                post = base.resid_mid[layer][ex, p] + src
+            elif site == "resid_mid":
+                # The bridge's hook_resid_mid is ln2.hook_in: a patch there feeds the MLP only,
+                # the residual connection keeps the base value (as a hooked run does).
+                post = base.resid_mid[layer][ex, p] + runner.mlp_out(layer, src)
+            else:
+                if site == "attn_out":
+                    mid = base.resid_pre[layer][ex, p] + src
+                else:  # head_out: row (h, b) takes head h of z from the source
+                    own = (head[:, None] == torch.arange(heads, device=dev)[None])[..., None]
+                    z = torch.where(own, src, base.z[layer][ex, p])
+                    mid = base.resid_pre[layer][ex, p] + runner.attn_out(lay, z)
+                post = mid + runner.mlp_out(layer, mid)
+            # Only position p differs after block `layer`; later positions keep the base stream.
+            x = torch.cat([post[:, None], base.resid_pre[layer + 1][ex, p + 1 :]], dim=1)
+            out.append(runner.run(base, layer + 1, "pre", x, p, ex, cols))
+    return torch.stack(out).unflatten(1, (heads, batch))
