@@ -15,7 +15,9 @@ DATA = Path(__file__).resolve().parents[2] / "experiments" / "data" / "subject_n
 
 @pytest.fixture(scope="module")
 def number_ds(smollm2):
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()]  # 240 examples (120 leave a 24-example test split)
+    rows = [
+        json.loads(line) for line in DATA.read_text().splitlines()
+    ]  # 240 examples (120 leave a 24-example test split)
     return P.collect(
         smollm2,
         [P.strip_marks(r["text"])[0] for r in rows],

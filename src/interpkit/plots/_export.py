@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from interpkit.errors import InterpkitError
 
 FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
+_ATTEMPTS = 3
 _BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
@@ -62,8 +64,14 @@ def save_static(fig: Any, path: str | os.PathLike, width: int | None = None, hei
         raise PlotExportError(why)
     chromium = find_chromium()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.write_image(str(path), format=fmt, width=width, height=height)
-    except Exception as exc:  # kaleido and its browser driver raise many unrelated types
-        raise PlotExportError(f"kaleido could not export {str(path)!r} with {chromium}: {exc}") from exc
+    for attempt in range(_ATTEMPTS):
+        try:
+            fig.write_image(str(path), format=fmt, width=width, height=height)
+            return path
+        except Exception as exc:  # kaleido and its browser driver raise many unrelated types
+            # On a loaded machine kaleido sometimes talks to its page before the page's scripts ran
+            # ("kaleido_scopes is not defined"); a fresh browser a moment later works.
+            if attempt + 1 == _ATTEMPTS:
+                raise PlotExportError(f"kaleido could not export {str(path)!r} with {chromium}: {exc}") from exc
+            time.sleep(1.0)
     return path
