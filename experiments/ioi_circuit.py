@@ -209,7 +209,9 @@ def main(cfg: Config) -> dict:
         summary["circuit"] = {"target": cfg.target, "reached": False}
 
     # 4. overlap between methods, stability
-    edge_sets = {m: top_edges(r, cfg.overlap_k) for m, r in results.items() if m.startswith("edge_")}
+    edge_sets = {
+        m.removeprefix("edge_"): top_edges(r, cfg.overlap_k) for m, r in results.items() if m.startswith("edge_")
+    }
     names = list(edge_sets)
     overlap = torch.tensor([[jaccard(edge_sets[a], edge_sets[b]) for b in names] for a in names])
     overlap_res = Result(overlap, ("method", "method_b"), {"method": names, "method_b": names}, kind="overlap")

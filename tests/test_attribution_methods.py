@@ -87,7 +87,7 @@ def test_graddrop_is_abs_atp_on_last_layer_nodes(model_name, request):
 def test_ig_one_step_is_the_midpoint_gradient(tiny_gpt2):
     model = tiny_gpt2
     task = random_task(model, n=3, pos=6, seed=2)
-    res = ig(model, task, "mlp_out", layers=[1], steps=1, check=0)
+    res = ig(model, task, "mlp_out", layers=[1], ig_steps=1, check=0)
     name = "blocks.1.hook_mlp_out"
     clean, _ = run_cache(model, task.clean, [name])
     corrupt, _ = run_cache(model, task.corrupt, [name])
@@ -104,7 +104,7 @@ def test_ig_converges_to_exact_patching(tiny_gpt2):
     task = random_task(model, n=3, pos=6, seed=0)
     exact = ik.patch(model, task, "resid_pre", layers=[1])
     errors = [
-        (ig(model, task, "resid_pre", layers=[1], steps=m, check=0).scores - exact.scores).abs().max()
+        (ig(model, task, "resid_pre", layers=[1], ig_steps=m, check=0).scores - exact.scores).abs().max()
         for m in (1, 4, 16)
     ]
     plain = (atp(model, task, "resid_pre", layers=[1], check=0).scores - exact.scores).abs().max()
@@ -210,7 +210,7 @@ def test_dla_sums_to_the_logit_difference(model_name, request):
     [
         ("atp", "node", {}),
         ("atp*", "node", {"site": "head_k"}),
-        ("ig", "node", {"steps": 2}),
+        ("ig", "node", {"ig_steps": 2}),
         ("eap", "edge", {}),
         ("eap-ig", "edge", {"ig_steps": 2}),
     ],
@@ -239,6 +239,11 @@ def test_attribute_rejects_bad_inputs(tiny_llama):
             ik.attribute(tiny_llama, task, method=method, level=level, metric="accuracy", check=0)
     assert ik.attribute(tiny_llama, task, method="exact", level="node", metric="accuracy").dims == ("layer", "head")
     assert ik.attribute(tiny_llama, task, method="dla", level="node", by="layer").dims == ("layer",)
+    # an option the method does not take is named, with the closest valid one, before any work is done
+    with pytest.raises(AttributionError, match=r"no option 'steps' \(did you mean ig_steps"):
+        ik.attribute(tiny_llama, task, method="ig", level="node", steps=4)
+    with pytest.raises(AttributionError, match="'site'.*its options: direction, ig_steps"):
+        ik.attribute(tiny_llama, task, method="eap", level="edge", site="head_out")
 
 
 def test_ig_finds_the_previous_token_head_that_atp_misses(toy):
@@ -249,7 +254,7 @@ def test_ig_finds_the_previous_token_head_that_atp_misses(toy):
     head = exact.scores.sub(exact.corrupt_value).abs().argmax()
     effect = (exact.scores - exact.corrupt_value).reshape(-1)[head]
     linear = (atp(toy, task, "head_out", layers=[0], check=0).scores - exact.corrupt_value).reshape(-1)[head]
-    integrated = (ig(toy, task, "head_out", layers=[0], steps=8, check=0).scores - exact.corrupt_value).reshape(-1)[
+    integrated = (ig(toy, task, "head_out", layers=[0], ig_steps=8, check=0).scores - exact.corrupt_value).reshape(-1)[
         head
     ]
     assert abs(effect) > 2.0

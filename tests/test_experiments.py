@@ -235,3 +235,25 @@ def test_demo_ioi_part_on_a_tiny_text_model(tiny_text_model, tmp_path):
     assert set(report["tasks"]["probe"]["accuracy_by_site"]) == {f"L{i}.resid_post" for i in range(3)}
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["spec"]["config"]["model"] == "tiny-text-llama"
+
+
+# ------------------------------------------------------------------------------------------- IOI circuit
+def test_ioi_circuit_end_to_end(tiny_text_model, tmp_path):
+    script = load_script("ioi_circuit")
+    cfg = script.Config(
+        model=tiny_text_model, n=3, ig_steps=2, n_boot=2, overlap_k=20, stability_edges=20, out=str(tmp_path)
+    )
+    summary = script.main(cfg)
+    assert set(summary["node"]) == {"atp", "atp*", "ig", "exact"} and set(summary["edge"]) == {"eap", "eap-ig"}
+    for method in ("atp", "atp*", "ig", "eap", "eap-ig"):  # every gradient method reports its honesty check
+        check = summary[("edge" if method.startswith("eap") else "node")][method]["check"]
+        assert check and -1.0 <= check.get("spearman", check.get("spearman_vs_exact")) <= 1.0
+    assert set(summary["curves"]) == {"mean", "zero", "resample", "counterfactual"}
+    assert "eap vs eap-ig" in summary["overlap"]
+    if summary["circuit"].get("reached", True):  # a random model may not reach the target with any circuit
+        assert summary["circuit"]["faithfulness_mean"] >= cfg.target
+        assert (tmp_path / "circuit.json").is_file()
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["spec"]["config"]["model"] == "tiny-text-llama"
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('class="plotly-graph-div"') >= 4 + 4  # node heatmaps, curves (and the circuit)

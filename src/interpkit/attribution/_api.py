@@ -23,7 +23,7 @@ from interpkit.attribution.atp_star import atp_star
 from interpkit.attribution.dla import dla
 from interpkit.attribution.eap import EDGE_METHODS, edge_scores
 from interpkit.attribution.ig import ig
-from interpkit.errors import unknown
+from interpkit.errors import closest, unknown
 
 if TYPE_CHECKING:
     from interpkit.models import Model
@@ -66,4 +66,28 @@ def attribute(model: Model, task: Task, method: str = "eap", level: str = "edge"
     table = LEVELS[level]
     if method not in table:
         raise unknown(f"{level} attribution method", method, tuple(table), AttributionError)
+    valid = _options(level, method)
+    for name in options:
+        if name not in valid:
+            near = closest(name, valid)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise AttributionError(
+                f"{level} method {method!r} has no option {name!r}{hint}; its options: {', '.join(valid)}"
+            )
     return table[method](model, task, **options)
+
+
+def _options(level: str, method: str) -> tuple[str, ...]:
+    """The keyword options ``ik.attribute`` accepts for one method (its function's parameters)."""
+    import inspect
+
+    if level == "edge":
+        fn, skip = edge_scores, {"model", "task", "method"}
+    elif method == "exact":
+        from interpkit.patching import patch
+
+        fn, skip = patch, {"model", "task"}
+        return (*[p for p in inspect.signature(fn).parameters if p not in skip], "check")
+    else:
+        fn, skip = (dla if method == "dla" else NODE_TABLE[method]), {"model", "task"}
+    return tuple(p for p in inspect.signature(fn).parameters if p not in skip)

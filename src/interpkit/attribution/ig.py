@@ -17,7 +17,7 @@ the exact patch. The ``m`` steps of every layer are rows of batched forward/back
 ``layers x m x batch`` rows in chunks sized from free memory. Units and layout are those of
 ``ik.patch`` (the metric after patching).
 
-    >>> res = ik.attribution.ig(model, task, site="mlp_out", steps=8)   # doctest: +SKIP
+    >>> res = ik.attribution.ig(model, task, site="mlp_out", ig_steps=8)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def ig(
     per_position: bool = False,
     direction: str = "denoise",
     *,
-    steps: int = 5,
+    ig_steps: int = 5,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     metric: str | None = None,
@@ -55,12 +55,13 @@ def ig(
 ) -> Result:
     """Integrated-gradients estimate of ``ik.patch(model, task, site, per_position, direction)``.
 
-    ``steps``: points on the path (midpoint rule). ``check``: exact-patching sample size (0: off).
+    ``ig_steps``: points on the path (midpoint rule; the same name as EAP-IG's). ``check``: exact-patching sample size (0: off).
     """
     import torch
 
-    if steps < 1:
-        raise AttributionError(f"steps must be >= 1, got {steps}")
+    if ig_steps < 1:
+        raise AttributionError(f"ig_steps must be >= 1, got {ig_steps}")
+    steps = ig_steps
     c = model.cfg
     resid = [f"blocks.{lay}.hook_resid_pre" for lay in (range(c.n_layers) if layers is None else layers)]
     resid = [r for r in resid if r in model.bridge.hook_dict]
