@@ -114,3 +114,14 @@ def test_supported_native_layernorm_model_checks():
     model = boot_native({**FIELDS, "act_fn": "gelu", "normalization_type": "LN"}, seed=0)
     assert unsupported_reason(model) is None
     assert SuffixRunner.check(model)
+
+
+def test_buckets_merge_small_runs_only():
+    from interpkit.patching._suffix import _buckets
+
+    small = _buckets(list(range(12)), 12, rows=8, d_model=16)  # overhead-bound: few, larger runs
+    assert [p for b in small for p in b] == list(range(12)) and len(small) < 12
+    assert all(len(b) <= 1 + 0.4 * (12 - b[0]) for b in small)  # the recomputed prefix stays bounded
+    assert all(b == list(range(b[0], b[0] + len(b))) for b in small)
+    assert _buckets(list(range(12)), 12, rows=64, d_model=2048) == [[p] for p in range(12)]  # compute-bound
+    assert _buckets([0, 2, 3], 12, rows=1, d_model=8) == [[0], [2, 3]]  # only consecutive positions merge
