@@ -74,17 +74,17 @@ def textbook_tl(model, task) -> torch.Tensor:
         _, clean = model.bridge.run_with_cache(task.clean, names_filter=lambda n: n in names)
     acts, grads = {}, {}
 
-    def fwd(act, hook):
-        acts[hook.name] = act.detach()
+    def fwd(act, hook, name):  # keyed by the classic name: hook.name is the bridge's canonical one
+        acts[name] = act.detach()
 
-    def bwd(grad, hook):
-        grads[hook.name] = grad.detach()
+    def bwd(grad, hook, name):
+        grads[name] = grad.detach()
 
     model.bridge.reset_hooks()
     with torch.enable_grad():
         for name in names:
-            model.bridge.add_hook(name, fwd, "fwd")
-            model.bridge.add_hook(name, bwd, "bwd")
+            model.bridge.add_hook(name, lambda act, hook, n=name: fwd(act, hook, n), "fwd")
+            model.bridge.add_hook(name, lambda grad, hook, n=name: bwd(grad, hook, n), "bwd")
         try:
             metric(model.bridge(task.corrupt)).backward()
         finally:
