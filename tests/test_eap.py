@@ -137,3 +137,24 @@ def test_edges_on_a_bridge_without_split_inputs(toy):
             moved = evaluate(toy(task.clean), task).mean()
         score = eap.scores[eap.labels["edge"].index(f"L0H2->L1H1.{kind}")].item()
         assert score == pytest.approx(((moved - base) / eps).item(), rel=3e-2, abs=3e-3)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+def test_gradients_through_the_norm_equal_per_head_copies(model_name, request):
+    """One ordinary forward, gradients at hook_q/k/v mapped back through W and the norm's Jacobian,
+    equals the per-head-copy ("split") gradients, also along an EAP-IG embedding path."""
+    from interpkit.attribution.eap import gradient_mode, receiver_gradients
+    from interpkit.patching._api import baseline
+
+    model = request.getfixturevalue(model_name)
+    assert gradient_mode(model) == "normed"
+    task = _task(model, n=3, pos=6, seed=4)
+    lp = baseline(model, task, "logit_diff")["clean_logprobs"]
+    clean, _ = run_cache(model, task.clean, ["blocks.0.hook_resid_pre"])
+    corrupt, _ = run_cache(model, task.corrupt, ["blocks.0.hook_resid_pre"])
+    e_c, e_k = clean["blocks.0.hook_resid_pre"], corrupt["blocks.0.hook_resid_pre"]
+    path = torch.stack([e_c + a * (e_k - e_c) for a in (0.25, 0.5, 1.0)])
+    for embed_path in (None, path):
+        fast = receiver_gradients(model, task, task.clean, "logit_diff", lp, embed_path, mode="normed")
+        slow = receiver_gradients(model, task, task.clean, "logit_diff", lp, embed_path, mode="split")
+        torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-4)

@@ -33,7 +33,6 @@ from interpkit.errors import InterpkitError
 from interpkit.hooks import hooks
 from interpkit.metrics import get as get_metric
 from interpkit.patching._api import _str_tokens, baseline
-from interpkit.patching._engine import capture
 from interpkit.patching._plan import Plan, make_plan, patch_mask
 from interpkit.patching._sources import check_mode
 from interpkit.results import Result, make_provenance
@@ -126,10 +125,13 @@ def setup(
     plan = make_plan(model, site, task.n_pos, per_position, layers, positions, False, _str_tokens(model, task))
     needed = sorted(set(plan.layer))
     names = [model.resolve_hook(plan.hook(lay)) for lay in needed]
-    base = baseline(model, task, metric)
-    target, source = (task.corrupt, task.clean) if direction == "denoise" else (task.clean, task.corrupt)
-    source_acts, _ = capture(model, source, [*names, *extra_hooks])
-    target_acts, _ = capture(model, target, [*names, *extra_hooks])
+    hooks = [*names, *extra_hooks]
+    base = baseline(model, task, metric, hooks, hooks)  # the two runs, the site captured on the way
+    denoise = direction == "denoise"
+    target, source = (task.corrupt, task.clean) if denoise else (task.clean, task.corrupt)
+    source_acts, target_acts = (
+        (base["clean_acts"], base["corrupt_acts"]) if denoise else (base["corrupt_acts"], base["clean_acts"])
+    )
     options = {"site": site, "per_position": per_position, "layers": layers, "positions": positions}
     return NodeRun(
         task, plan, needed, names, metric, direction, base, target, source, target_acts, source_acts, options

@@ -150,24 +150,35 @@ def receiver_gradients(
     metric: str,
     clean_logprobs: torch.Tensor,
     embed_path: torch.Tensor | None = None,
+    mode: str | None = None,
 ) -> torch.Tensor:
     """∂(mean metric)/∂(each receiver's input), ``(batch, pos, n_receivers, d_model)``, graph order.
 
     ``embed_path`` (steps, batch, pos, d_model): run these embeddings instead of ``tokens``'
     (EAP-IG), all steps as one batch, and average the gradients over the steps.
+
+    ``mode`` (default: the fastest one :func:`gradient_mode` found exact for this model):
+    "split" reads the gradient at per-head input hooks (every head its own copy of the residual
+    stream and norm: slow); "normed" reads it at ``attn.hook_q/k/v`` of one ordinary forward and
+    maps it back through ``W_Q/W_K/W_V`` and the norm's own Jacobian at that row's input (exact,
+    since both are per-row functions); "projected" is "normed" for models with no norm there.
     """
     import torch
 
     from interpkit.patching._engine import forward_final
 
     fn = get_metric(metric)
-    projected = _projected_receivers(model)
-    names = _receiver_names(model, projected)
+    mode = mode or gradient_mode(model)
+    names = _receiver_names(model, mode != "split")
     kept: dict[str, torch.Tensor] = {}
+    inputs: dict[int, torch.Tensor] = {}  # "normed": each layer's norm input, (rows, pos, d_model)
 
     def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
         kept[hook.name] = act  # returned, so it stays on the autograd path
         return act
+
+    def keep_input(act: torch.Tensor, hook: Any, layer: int) -> None:
+        inputs[layer] = act.detach()
 
     steps = 1 if embed_path is None else embed_path.shape[0]
     n = len(task)
@@ -176,9 +187,15 @@ def receiver_gradients(
         flat = embed_path.reshape(steps * n, *embed_path.shape[2:])
         # A fresh leaf that requires grad, so gradients reach the layer-0 inputs.
         fwd = [("blocks.0.hook_resid_pre", lambda act, hook: flat.to(act.dtype).clone().requires_grad_(True))]
+    if mode == "normed":
+        fwd += [
+            (f"blocks.{lay}.hook_resid_pre", lambda act, hook, lay=lay: keep_input(act, hook, lay))
+            for lay in range(model.cfg.n_layers)
+        ]
     batch = tokens.repeat(steps, 1)
     idx = torch.arange(n, device=tokens.device).repeat(steps)
-    with contextlib.nullcontext() if projected else split_inputs(model), torch.enable_grad():
+    context = {"split": split_inputs, "normed": mlp_inputs}.get(mode, lambda m: contextlib.nullcontext())
+    with context(model), torch.enable_grad():
         final = forward_final(model, batch, None, task.answer_pos[idx], [*fwd, *[(name, keep) for name in names]])
         values = fn(final, task.answer[idx], task.wrong[idx], clean_logprobs[idx])
         if not values.requires_grad:
@@ -199,10 +216,88 @@ def receiver_gradients(
         )
     parts = []
     for name in names:
-        g = grads[model.resolve_hook(name)].reshape(steps, n, *grads[model.resolve_hook(name)].shape[1:]).sum(0)
-        g = input_gradient(model, name, g)
+        g = input_gradient(model, name, grads[model.resolve_hook(name)])  # (rows, pos, [head,] d_model)
+        if mode == "normed" and ".attn.hook_" in name:
+            layer = int(name.split(".")[1])
+            g = norm_backward(model.bridge.blocks[layer].ln1, model.cfg.normalization, inputs[layer], g)
+        g = g.reshape(steps, n, *g.shape[1:]).sum(0)
         parts.append(g if g.ndim == 4 else g[:, :, None])
     return torch.cat(parts, dim=2)
+
+
+def norm_backward(module: Any, kind: str | None, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Vector-Jacobian product of the norm ``module`` at input ``x`` (rows, pos, d) for ``grad`` (rows, pos, k, d).
+
+    RMSNorm ``y = w x / r``: ``dx = w g / r - x (x · w g) / (d r^3)``; LayerNorm
+    ``y = w x̂ + b``: ``dx = (g' - mean(g') - x̂ mean(g' x̂)) / σ`` with ``g' = w g``.
+    """
+    import torch
+
+    if kind is None:
+        return grad
+    inner = getattr(module, "_original_component", module)
+    w = inner.weight.detach().float()
+    eps = float(getattr(inner, "variance_epsilon", getattr(inner, "eps", 1e-5)))
+    x = x.float()[:, :, None]  # (rows, pos, 1, d)
+    g = grad.float() * w
+    if kind == "RMS":
+        r = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        out = g / r - x * (x * g).mean(-1, keepdim=True) / r.pow(3)
+    else:
+        mu = x.mean(-1, keepdim=True)
+        sigma = ((x - mu).pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        xhat = (x - mu) / sigma
+        out = (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True)) / sigma
+    return out.to(torch.promote_types(grad.dtype, torch.float32))
+
+
+def gradient_mode(model: Model) -> str:
+    """How :func:`receiver_gradients` reaches each receiver's input on ``model`` (checked once, cached).
+
+    "projected" for bridges without per-head input hooks (attention-only, no norm: the toys); else
+    "normed" where it reproduces the "split" gradients on a random batch (to 1e-4), else "split".
+    """
+    import torch
+
+    cached = getattr(model, "_interpkit_gradient_mode", None)
+    if cached is not None:
+        return cached
+    if _projected_receivers(model):
+        mode = "projected"
+    elif model.cfg.normalization not in (None, "LN", "RMS"):
+        mode = "split"
+    else:
+        from interpkit.tasks import from_token_lists
+
+        g = torch.Generator().manual_seed(0)
+        v, n_pos = model.cfg.d_vocab, min(6, model.cfg.n_ctx)
+        ids = torch.randint(0, v, (4, 2, n_pos), generator=g).tolist()
+        answers = torch.randint(0, v, (2, 2), generator=g).tolist()
+        probe = from_token_lists("gradient-mode check", model, ids[0], ids[1], answers[0], answers[1]).to(model.device)
+        lp = torch.zeros(2, v, device=model.device)
+        try:
+            fast = receiver_gradients(model, probe, probe.clean, "logit_diff", lp, mode="normed")
+            slow = receiver_gradients(model, probe, probe.clean, "logit_diff", lp, mode="split")
+            ok = bool(torch.allclose(fast, slow, atol=1e-4 * float(slow.abs().max()) + 1e-7, rtol=1e-3))
+        except Exception:  # an adapter without these hooks: the per-head copies are the way
+            ok = False
+        mode = "normed" if ok else "split"
+    model._interpkit_gradient_mode = mode
+    return mode
+
+
+@contextlib.contextmanager
+def mlp_inputs(model: Model) -> Iterator[None]:
+    """Give every MLP its own input hook (``hook_mlp_in``), then restore."""
+    bridge = model.bridge
+    before = bool(getattr(bridge.cfg, "use_hook_mlp_in", False))
+    bridge.set_use_hook_mlp_in(True)
+    model.refresh_hooks()
+    try:
+        yield
+    finally:
+        bridge.set_use_hook_mlp_in(before)
+        model.refresh_hooks()
 
 
 EDGE_METHODS = ("eap", "eap-ig", "eap-ig-act", "exact")
