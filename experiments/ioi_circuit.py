@@ -1,8 +1,8 @@
 """The IOI circuit in the embedded model: node and edge attribution, discovery, faithfulness, overlap.
 
 Usage:
-    .venv/bin/python experiments/ioi_circuit.py                              # embedded SmolLM2 (minutes)
-    .venv/bin/python experiments/ioi_circuit.py --n 8 --out runs/ioi_quick    # quicker
+    .venv/bin/python experiments/ioi_circuit.py                              # embedded SmolLM2 (~45 min, 2-core CPU)
+    .venv/bin/python experiments/ioi_circuit.py --n 8 --ablations mean --out runs/ioi_quick   # quicker
     .venv/bin/python experiments/ioi_circuit.py --model path/to/hf_dir --device cuda --dtype bfloat16
 
 Wang et al. 2022 ("Interpretability in the Wild") found the circuit GPT-2 small uses for indirect
