@@ -27,6 +27,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from interpkit.attribution._norm import mlp_inputs, norm_backward
 from interpkit.attribution.atp import AttributionError
 from interpkit.attribution.graph import Graph, build_graph
 from interpkit.metrics import get as get_metric
@@ -225,32 +226,6 @@ def receiver_gradients(
     return torch.cat(parts, dim=2)
 
 
-def norm_backward(module: Any, kind: str | None, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Vector-Jacobian product of the norm ``module`` at input ``x`` (rows, pos, d) for ``grad`` (rows, pos, k, d).
-
-    RMSNorm ``y = w x / r``: ``dx = w g / r - x (x · w g) / (d r^3)``; LayerNorm
-    ``y = w x̂ + b``: ``dx = (g' - mean(g') - x̂ mean(g' x̂)) / σ`` with ``g' = w g``.
-    """
-    import torch
-
-    if kind is None:
-        return grad
-    inner = getattr(module, "_original_component", module)
-    w = inner.weight.detach().float()
-    eps = float(getattr(inner, "variance_epsilon", getattr(inner, "eps", 1e-5)))
-    x = x.float()[:, :, None]  # (rows, pos, 1, d)
-    g = grad.float() * w
-    if kind == "RMS":
-        r = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        out = g / r - x * (x * g).mean(-1, keepdim=True) / r.pow(3)
-    else:
-        mu = x.mean(-1, keepdim=True)
-        sigma = ((x - mu).pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        xhat = (x - mu) / sigma
-        out = (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True)) / sigma
-    return out.to(torch.promote_types(grad.dtype, torch.float32))
-
-
 def gradient_mode(model: Model) -> str:
     """How :func:`receiver_gradients` reaches each receiver's input on ``model`` (checked once, cached).
 
@@ -284,20 +259,6 @@ def gradient_mode(model: Model) -> str:
         mode = "normed" if ok else "split"
     model._interpkit_gradient_mode = mode
     return mode
-
-
-@contextlib.contextmanager
-def mlp_inputs(model: Model) -> Iterator[None]:
-    """Give every MLP its own input hook (``hook_mlp_in``), then restore."""
-    bridge = model.bridge
-    before = bool(getattr(bridge.cfg, "use_hook_mlp_in", False))
-    bridge.set_use_hook_mlp_in(True)
-    model.refresh_hooks()
-    try:
-        yield
-    finally:
-        bridge.set_use_hook_mlp_in(before)
-        model.refresh_hooks()
 
 
 EDGE_METHODS = ("eap", "eap-ig", "eap-ig-act", "exact")
