@@ -102,7 +102,12 @@ def test_two_process_patching_equals_one_process(tiny_llama, tmp_path):
     script.write_text(textwrap.dedent(WORKER.format(tests=str(TESTS))))
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), "GLOO_SOCKET_IFNAME": "lo"}
-    done = subprocess.run([*launch, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    for _ in range(3):  # gloo's loopback rendezvous sometimes drops a rank on a loaded machine: relaunch
+        done = subprocess.run(
+            [*launch, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
+        )
+        if done.returncode == 0:
+            break
     assert done.returncode == 0, done.stderr[-3000:]
 
     from tiny_models import random_task
