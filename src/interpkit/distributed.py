@@ -24,6 +24,7 @@ Two ways to split work, both deterministic and identical on every rank:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from interpkit.models import Model
 
 T = TypeVar("T")
+_OWNED_GROUPS = itertools.count(1)  # the same sequence on every rank: interpkit's calls are collective
 
 
 class DistributedError(InterpkitError):
@@ -124,7 +126,12 @@ def join(model: Model, distributed: bool | None, error: type[InterpkitError] = D
     backend = "nccl" if model.device.type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(model.device)
-    dist.init_process_group(backend)
+    # torch names every default group "0" once the last one is destroyed, and torchrun's store
+    # outlives them: a later group under the same prefix would read this one's stale rendezvous
+    # keys (gloo then dials a closed address and hangs). Each group interpkit owns gets its own.
+    store, rank, size = next(dist.rendezvous("env://"))
+    prefix = f"interpkit/{next(_OWNED_GROUPS)}/"
+    dist.init_process_group(backend, store=dist.PrefixStore(prefix, store), rank=rank, world_size=size)
     return Group(dist.get_rank(), dist.get_world_size(), owned=True, error=error)
 
 
