@@ -193,6 +193,63 @@ def test_batched_logistic_matches_a_literal_reference_per_site_and_strength(n, d
             assert float(ours) == pytest.approx(_reference_logistic(X, y, l2), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("n_out", [1, 3])
+def test_logistic_ray_equals_the_loss_and_its_derivatives_on_the_line(n_out):
+    from interpkit.probing._logistic import LogisticLoss
+
+    gen = torch.Generator().manual_seed(0)
+    S, R, K, N, P = 2, 2, 3, 40, 5
+    xbt = torch.cat([torch.randn(S, P - 1, N, generator=gen), torch.ones(S, 1, N)], 1).double()
+    Y = torch.randint(0, max(2, n_out), (R, N), generator=gen)
+    weights = torch.rand(1, R, 1, 1, N, generator=gen).double()
+    weights = weights / weights.sum(-1, keepdim=True)
+    loss = LogisticLoss(xbt, Y, weights, torch.tensor([0.0, 0.1, 1.0]).double().view(1, 1, K, 1, 1), n_out)
+    theta = torch.randn(S, R, K, n_out, P, generator=gen).double()
+    d = torch.randn(S, R, K, n_out, P, generator=gen).double()
+    t = torch.rand(S, R, K, 1, 1, generator=gen).double() * 2
+    line = loss.ray(theta, d)
+    at_t = theta + t * d
+    f, g = loss(at_t)
+    assert torch.allclose(line.loss(t), f)
+    first, second = line.slopes(t)
+    assert torch.allclose(first, (g * d).sum((3, 4), keepdim=True))  # directional derivative
+    eps = 1e-5
+    numeric = (loss.ray(theta, d).slopes(t + eps)[0] - loss.ray(theta, d).slopes(t - eps)[0]) / (2 * eps)
+    assert torch.allclose(second, numeric, rtol=1e-5, atol=1e-8)
+    theta_t, f_t, g_t = line.at(t)
+    assert torch.equal(theta_t, at_t) and torch.allclose(f_t, f) and torch.allclose(g_t, g)
+    # and the gradient itself is the derivative of the loss (autograd of the plain formula)
+    th = at_t.clone().requires_grad_(True)
+    z = torch.einsum("srkcp,spn->srkcn", th, xbt)
+    if n_out == 1:
+        per = torch.nn.functional.softplus(z[:, :, :, 0]) - Y[None, :, None].double() * z[:, :, :, 0]
+    else:
+        per = torch.logsumexp(z, 3) - z.gather(3, Y[None, :, None, None].expand(S, R, K, 1, N))[:, :, :, 0]
+    pen = torch.tensor([0.0, 0.1, 1.0]).double().view(1, 1, K)
+    total = (per * weights[:, :, :, 0]).sum(-1) + 0.5 * pen * (th[..., :-1] ** 2).sum((3, 4))
+    total.sum().backward()
+    assert torch.allclose(th.grad, g)
+
+
+def test_lbfgs_with_a_ray_reaches_the_same_minimum_as_plain_evaluations():
+    from interpkit.probing._logistic import LogisticLoss
+    from interpkit.probing._optim import lbfgs
+
+    gen = torch.Generator().manual_seed(3)
+    S, N, P = 3, 200, 8
+    xbt = torch.cat(
+        [torch.randn(S, P - 1, N, generator=gen) * torch.logspace(-1, 1, P - 1)[None, :, None], torch.ones(S, 1, N)], 1
+    )
+    Y = (xbt[0, 0] + 0.3 * torch.randn(N, generator=gen) > 0).long()[None]
+    weights = torch.full((1, 1, 1, 1, N), 1.0 / N)
+    loss = LogisticLoss(xbt, Y, weights, torch.tensor([1e-3, 1e-1]).view(1, 1, 2, 1, 1), 1)
+    x0 = torch.zeros(S, 1, 2, 1, P)
+    fast = lbfgs(loss, x0, (3, 4), tol=1e-6)
+    plain = lbfgs(lambda x: loss(x), x0, (3, 4), tol=1e-6)  # a bare function: no ray, trial evaluations
+    assert torch.allclose(loss(fast)[0], loss(plain)[0], rtol=1e-5)
+    assert loss(fast)[1].abs().max() < 1e-4  # float32: the relative loss change (ftol) stops it first
+
+
 def test_multinomial_logistic_on_three_classes(native_tiny):
     gen = torch.Generator().manual_seed(1)
     y = torch.arange(150) % 3

@@ -203,52 +203,28 @@ def fit_logistic(
     """
     import torch
 
+    from interpkit.probing._logistic import LogisticLoss
     from interpkit.probing._optim import lbfgs
 
     if n_classes < 2:
         raise ProbeError("logistic probes need classification labels with at least two classes")
-    S, N, D = X.shape
-    R = Y.shape[0]
+    S, R = X.shape[0], Y.shape[0]
     grid = _grid("logistic", l2, X.device)
     K, C = len(grid), (1 if n_classes == 2 else n_classes)
     Z, evals, V, mean, scale = _rotate(X)
     D = Z.shape[-1]  # rotated width: the raw width, or the number of rows when that is smaller
-    Xb = torch.cat([Z, torch.ones_like(Z[..., :1])], -1)  # (S, N, D+1)
-    XbT = Xb.transpose(1, 2).contiguous()  # (S, D+1, N): both products read contiguous memory
-    w = _row_weights(Y, weights)[None, :, None, None, :]  # (1, R, 1, 1, N)
+    XbT = torch.cat([Z.transpose(1, 2), torch.ones_like(Z[:, None, :, 0])], 1)  # (S, D+1, N): bias row last
+    del Z
     pen = grid.view(1, 1, K, 1, 1)
+    loss = LogisticLoss(XbT, Y, _row_weights(Y, weights)[None, :, None, None, :], pen, C)
     bound = 0.25 if C == 1 else 0.5
     curvature = torch.cat([evals * bound, torch.full_like(evals[:, :1], bound)], -1)[:, None, None, None, :]
     penalty = torch.cat([pen.expand(1, 1, K, 1, D), torch.zeros_like(pen)], -1)
     pre = 1.0 / (curvature + penalty)  # (S, 1, K, 1, D+1)
-
-    def make(index: torch.Tensor | None = None) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        xb, xbt = (Xb, XbT) if index is None else (Xb[index], XbT[index])
-        s = xb.shape[0]
-        idx = Y[None, :, None, None, :].expand(s, R, K, 1, N)
-        ww = w.to(xb.dtype)
-
-        def objective(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            z = torch.bmm(theta.view(s, R * K * C, D + 1), xbt).view(s, R, K, C, N)
-            if C == 1:
-                y = Y[None, :, None, None, :].to(z.dtype)
-                loss = torch.nn.functional.softplus(z) - y * z
-                dz = torch.sigmoid(z) - y
-            else:
-                loss = torch.logsumexp(z, 3, keepdim=True) - z.gather(3, idx)
-                dz = torch.softmax(z, 3)
-                dz.scatter_add_(3, idx, -torch.ones_like(dz[:, :, :, :1]))
-            loss = (loss * ww).sum((3, 4), keepdim=True)  # (S, R, K, 1, 1)
-            grad = torch.bmm((dz * ww).view(s, R * K * C, N), xb).view(s, R, K, C, D + 1)
-            body = theta[..., :D]
-            loss = loss + 0.5 * pen * (body * body).sum((3, 4), keepdim=True)
-            grad[..., :D] += pen * body
-            return loss, grad
-
-        return objective
-
     theta0 = torch.zeros((S, R, K, C, D + 1), dtype=X.dtype, device=X.device)
-    theta = lbfgs(make(), theta0, (3, 4), max_iter=max_iter, tol=tol, history=history, precondition=pre, restrict=make)
+    theta = lbfgs(
+        loss, theta0, (3, 4), max_iter=max_iter, tol=tol, history=history, precondition=pre, restrict=loss.restrict
+    )
     body, bias = _to_raw(V, mean, scale, theta)
     return _pick(body, bias, grid, _val_score(body, bias, Xv, Yv))
 

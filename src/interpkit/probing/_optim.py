@@ -10,6 +10,10 @@ data (``restrict``), so a few slow problems do not keep paying for the finished 
 
 The method is Nocedal and Wright (2006), *Numerical Optimization*, algorithm 7.4 (two-loop
 recursion) with a backtracking Armijo line search; curvature pairs with ``s.y <= 0`` are skipped.
+An objective that can give its values along a line cheaply (a ``ray(x, d)`` method, as the
+logistic probes' :class:`~interpkit.probing._logistic.LogisticLoss` has) gets a line search on
+that line instead: one Newton step towards the line's minimum, then backtracking, with no
+evaluation of the full objective until the step is chosen.
 
     >>> import torch
     >>> from interpkit.probing._optim import lbfgs
@@ -23,12 +27,21 @@ recursion) with a backtracking Armijo line search; curvature pairs with ``s.y <=
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
 
 Objective = Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+NEWTON_STEPS = 1  # line-search refinements when the objective offers a ray (free: elementwise work)
+
+
+class Ray(Protocol):
+    """The objective along a line from the current point, as :meth:`LogisticLoss.ray` gives it."""
+
+    def loss(self, t: torch.Tensor) -> torch.Tensor: ...
+    def slopes(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def lbfgs(
@@ -93,18 +106,25 @@ def lbfgs(
         else:
             t = torch.ones_like(f)
         ok = ~active
-        for _ in range(max_backtracks):
-            x_new = x + t * d
-            f_new, g_new = fun(x_new)
-            ok = (f_new <= f + 1e-4 * t * gd) & torch.isfinite(f_new) | ~active
-            if bool(ok.all()):
-                break
-            t = torch.where(ok, t, t * 0.5)
+        ray = getattr(fun, "ray", None)
+        if ray is not None:  # the loss along d is cheap: search there, then one gradient
+            line = ray(x, d)
+            t, ok = _search(line, f, gd, t, active, max_backtracks)
+            x_new, f_new, g_new = line.at(torch.where(ok & active, t, torch.zeros_like(t)))
+        else:
+            for _ in range(max_backtracks):
+                x_new = x + t * d
+                f_new, g_new = fun(x_new)
+                ok = (f_new <= f + 1e-4 * t * gd) & torch.isfinite(f_new) | ~active
+                if bool(ok.all()):
+                    break
+                t = torch.where(ok, t, t * 0.5)
         accept = ok & active
         step = torch.where(accept, x_new - x, torch.zeros_like(x))
         dg = torch.where(accept, g_new - g, torch.zeros_like(g))
         f_old = f
-        x = torch.where(accept, x_new, x)
+        # along a ray, refused problems took t = 0, so x_new is x there: keep it (its scores are cached)
+        x = x_new if ray is not None else torch.where(accept, x_new, x)
         f = torch.where(accept, f_new, f)
         g = torch.where(accept, g_new, g)
         sy = dot(step, dg)
@@ -126,3 +146,24 @@ def lbfgs(
             fun = restrict(keep)
     out[keep] = x
     return out
+
+
+def _search(
+    line: Ray, f: torch.Tensor, gd: torch.Tensor, t: torch.Tensor, active: torch.Tensor, max_backtracks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step lengths along a :class:`Ray`: a few safeguarded Newton steps towards the line's minimum
+    from ``t``, then Armijo backtracking; every trial is elementwise work. Returns ``(t, ok)``."""
+    import torch
+
+    for _ in range(NEWTON_STEPS):
+        first, second = line.slopes(t)
+        step = torch.where(second > 0, first / second.clamp_min(1e-30), torch.zeros_like(first))
+        t = torch.clamp(t - step, min=0.25 * t, max=4.0 * t)
+    ok = ~active
+    for _ in range(max_backtracks):
+        f_new = line.loss(t)
+        ok = (f_new <= f + 1e-4 * t * gd) & torch.isfinite(f_new) | ~active
+        if bool(ok.all()):
+            break
+        t = torch.where(ok, t, t * 0.5)
+    return t, ok
