@@ -92,3 +92,17 @@ def test_provenance_block(toy):
     prov = make_provenance(toy, seed=3)
     assert prov["model"] == "toy-induction" and prov["seed"] == 3 and len(prov["weights_hash"]) == 64
     assert prov["versions"]["torch"].startswith("2.")
+
+
+def test_result_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from interpkit.results import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "result.json", "{}\n")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
