@@ -130,11 +130,38 @@ def wrap_hf_model(hf_model: Any, tokenizer: Any, spec: str, weights_hash: str | 
     return Model(bridge, tokenizer, spec=spec, weights_hash=weights_hash, prepend_bos=prepend_bos, info={"name": spec})
 
 
-def _load_hf_dir(path: Path, spec: str) -> Model:
+def _placement_kwargs(source: str, device_map: Any, dtype: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments: the dtype to load in, and the device map resolved for it."""
+    from interpkit.models._devices import resolve_dtype
+
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype) if dtype is not None else "float32"}
+    if device_map is not None:
+        from interpkit.models._device_map import hf_device_map
+
+        kwargs["device_map"] = hf_device_map(source, device_map)
+    return kwargs
+
+
+def _placed(model: Model, hf_model: Any, requested: Any) -> Model:
+    """Record where ``from_pretrained(device_map=requested)`` put the modules."""
+    from interpkit.models._device_map import check_hf_placement, hook_placed, record
+
+    realised = getattr(hf_model, "hf_device_map", None)
+    if realised:  # set by accelerate's dispatch: only when the map has two devices or more
+        check_hf_placement(hf_model)
+        hook_placed(model, hf_model)
+        record(model, realised)
+    elif requested is not None:  # one device: the dict asked for, or where "auto" put everything
+        record(model, requested if isinstance(requested, dict) else {"": model.device})
+    return model
+
+
+def _load_hf_dir(path: Path, spec: str, device_map: Any = None, dtype: Any = None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32", trust_remote_code=False)
+        kwargs = _placement_kwargs(str(path), device_map, dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load Hugging Face model directory {str(path)!r}: {exc}") from exc
     tokenizer = None
@@ -146,7 +173,9 @@ def _load_hf_dir(path: Path, spec: str) -> Model:
     from interpkit.models._hashing import file_sha256
 
     digest = file_sha256(weights[0]) if len(weights) == 1 else None
-    return wrap_hf_model(hf_model, tokenizer, spec=spec, weights_hash=digest)
+    return _placed(
+        wrap_hf_model(hf_model, tokenizer, spec=spec, weights_hash=digest), hf_model, kwargs.get("device_map")
+    )
 
 
 def _looks_like_hub_id(spec: str) -> bool:
@@ -154,12 +183,13 @@ def _looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
 
 
-def _load_hub(spec: str) -> Model:
+def _load_hub(spec: str, device_map: Any = None, dtype: Any = None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     offline_choices = ", ".join(registry())
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(spec, dtype="float32")
+        kwargs = _placement_kwargs(spec, device_map, dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except OSError as exc:
         raise HubUnavailableError(
@@ -167,7 +197,7 @@ def _load_hub(spec: str) -> Model:
             f"Offline, use a registry name ({offline_choices}), a local Hugging Face model "
             "directory, a .gguf file or a native directory."
         ) from exc
-    return wrap_hf_model(hf_model, tokenizer, spec=spec)
+    return _placed(wrap_hf_model(hf_model, tokenizer, spec=spec), hf_model, kwargs.get("device_map"))
 
 
 def _from_object(obj: Any) -> Model | None:
@@ -185,7 +215,9 @@ def _from_object(obj: Any) -> Model | None:
     return None
 
 
-def _resolve(spec: Any) -> Model:
+def _resolve(spec: Any, device_map: Any = None, dtype: Any = None) -> tuple[Model, bool]:
+    """The model ``spec`` names, and whether its loader placed it by ``device_map`` and ``dtype`` itself
+    (Hugging Face directories and hub ids, through ``from_pretrained``)."""
     if not isinstance(spec, (str, os.PathLike)):
         model = _from_object(spec)
         if model is None:
@@ -193,26 +225,26 @@ def _resolve(spec: Any) -> Model:
                 f"cannot load a model from a {type(spec).__name__}; give a registry name, a path, "
                 "a hub id, a TransformerBridge or a Hugging Face model object"
             )
-        return model
+        return model, False
     text = os.fspath(spec)
     entries = registry()
     if text in entries:
-        return entries[text].load()
+        return entries[text].load(), False
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return load_gguf_file(path)
+        return load_gguf_file(path), False
     if path.is_dir():
         if is_native_dir(path):
-            return load_native(path)
+            return load_native(path), False
         if (path / "config.json").is_file():
-            return _load_hf_dir(path, spec=text)
+            return _load_hf_dir(path, spec=text, device_map=device_map, dtype=dtype), True
         raise ModelLoadError(
             f"directory {text!r} holds neither a native model nor a Hugging Face model (no config.json)"
         )
     if path.is_file():
         raise ModelLoadError(f"file {text!r} is not a model: give a .gguf file or a model directory")
     if _looks_like_hub_id(text):
-        return _load_hub(text)
+        return _load_hub(text, device_map=device_map, dtype=dtype), True
     near = closest(text, entries)
     hint = f" Did you mean {', '.join(near)}?" if near else ""
     raise ModelNotFoundError(
@@ -221,8 +253,14 @@ def _resolve(spec: Any) -> Model:
     )
 
 
-def load_model(spec: Any = "smollm2-135m", device: Any = None, dtype: Any = None) -> Model:
+def load_model(spec: Any = "smollm2-135m", device: Any = None, dtype: Any = None, device_map: Any = None) -> Model:
     """Load a model by registry name, path, hub id or object; always in eval mode.
+
+    ``device``: one device for the whole model. ``device_map``: a model spread over several
+    devices, each block whole on one: ``"auto"``, ``"balanced"``, an int n (the blocks split
+    evenly over ``cuda:0`` .. ``cuda:{n-1}``), a device name, or a Hugging Face style dict
+    ``{module name: device}`` (see :mod:`interpkit.models._device_map`). Give one of the two.
+    The realised map is in ``model.info["device_map"]`` and every Result's provenance.
 
     >>> import interpkit as ik
     >>> model = ik.load_model("toy-induction")
@@ -230,9 +268,23 @@ def load_model(spec: Any = "smollm2-135m", device: Any = None, dtype: Any = None
     2
     """
     check_device_dtype(device, dtype)
-    model = _resolve(spec)
+    if device_map is not None:
+        from interpkit.errors import DeviceError
+        from interpkit.models._device_map import check_device_map
+
+        if device is not None:
+            raise DeviceError(
+                f"give device= or device_map=, not both (got device={device!r}, device_map={device_map!r}): "
+                "device puts the whole model on one device, device_map spreads it over several"
+            )
+        device_map = check_device_map(device_map)
+    model, placed = _resolve(spec, device_map=device_map, dtype=dtype)
     from interpkit.models._devices import resolve_device
 
-    model.to(device=resolve_device(device) if device is not None else None, dtype=dtype)
+    model.to(device=resolve_device(device) if device is not None else None, dtype=None if placed else dtype)
+    if device_map is not None and not placed:
+        from interpkit.models._device_map import dispatch
+
+        dispatch(model, device_map)  # after the cast: fewer bytes to move
     model.bridge.eval()
     return model

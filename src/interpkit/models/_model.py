@@ -148,7 +148,21 @@ class Model:
     # ------------------------------------------------------------------ device and dtype
     @property
     def device(self) -> torch.device:
-        return next(self.bridge.parameters()).device
+        """Where token ids go: the device of the input embedding (the first of :attr:`devices`)."""
+        embed = getattr(self.bridge, "embed", None)
+        first = next(embed.parameters(), None) if embed is not None else None
+        return (first if first is not None else next(self.bridge.parameters())).device
+
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """Every device holding weights, the input embedding's first (one entry unless loaded with ``device_map``)."""
+        return tuple(dict.fromkeys([self.device, *(p.device for p in self.bridge.parameters())]))
+
+    def layer_device(self, layer: int) -> torch.device:
+        """The device block ``layer`` runs on (its weights' device)."""
+        if not -self.cfg.n_layers <= layer < self.cfg.n_layers:
+            raise SiteError(f"layer {layer} is out of range for {self.name} (layers 0..{self.cfg.n_layers - 1})")
+        return next(self.bridge.blocks[layer].parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -166,6 +180,8 @@ class Model:
             "weights_hash": self.weights_hash,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
+            **({"device_map": dict(self.info["device_map"])} if "device_map" in self.info else {}),
+            **({"devices": [str(d) for d in self.devices]} if len(self.devices) > 1 else {}),
         }
 
     # ------------------------------------------------------------------ tokens
@@ -239,7 +255,8 @@ class Model:
     def __call__(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(batch, pos, d_vocab)`` for token ids ``(batch, pos)``."""
         tokens = self.check_tokens(tokens)
-        return self.bridge(tokens, attention_mask=attention_mask)
+        mask = None if attention_mask is None else attention_mask.to(self.device)
+        return self.bridge(tokens, attention_mask=mask).to(self.device)
 
     def check_tokens(self, tokens: Any) -> torch.Tensor:
         import torch
@@ -280,11 +297,21 @@ class Model:
 
     # ------------------------------------------------------------------ moving
     def to(self, device: Any = None, dtype: Any = None) -> Model:
-        """Move and/or cast the model in place; returns self."""
+        """Move and/or cast the model in place; returns self.
+
+        Moving a model loaded with ``device_map`` gathers it onto the one ``device`` (the map's
+        hooks are removed); casting keeps every module where it is.
+        """
         from interpkit.models._devices import resolve_device, resolve_dtype
 
         if device is not None:
-            self.bridge.to(resolve_device(device))
+            target = resolve_device(device)
+            if "device_map" in self.info:
+                from interpkit.models._device_map import undispatch
+
+                undispatch(self)
+            self.bridge.to(target)
+            self.bridge.cfg.device = str(target)
         if dtype is not None:
             self.bridge.to(resolve_dtype(dtype))
         return self

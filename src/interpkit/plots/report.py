@@ -67,6 +67,7 @@ _PROVENANCE_KEYS = (
     ("weights_hash", "weights hash (sha256)"),
     ("dtype", "dtype"),
     ("device", "device"),
+    ("devices", "devices (device_map)"),
     ("task", "task"),
     ("task_hash", "task hash (sha256)"),
     ("n_examples", "examples"),
