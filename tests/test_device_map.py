@@ -26,6 +26,7 @@ from interpkit.models._device_map import (
     split_plan,
 )
 from interpkit.models._load import wrap_hf_model
+from interpkit.patching._suffix import SuffixRunner
 from tiny_models import random_task, tiny_llama_hf
 
 NATIVE = {
@@ -195,6 +196,20 @@ def test_moving_a_dispatched_model_gathers_it():
     norm.weight = torch.nn.Parameter(torch.empty_like(norm.weight, device="meta"))  # as accelerate offloads
     with pytest.raises(DeviceError, match="offloaded"):
         offloaded.to("cpu")
+
+
+def test_split_models_fall_back_to_the_hook_engine(monkeypatch):
+    model = load_model(_fresh_llama(), device_map="cpu")
+    task = random_task(model, n=2, pos=5)
+    assert SuffixRunner.check(model)
+    expected = ik.patch(model, task, site="resid_pre", per_position=True)
+    assert expected.meta["engine"] == "suffix"
+    two = (torch.device("cpu"), torch.device("meta"))  # what a model over two devices reports
+    monkeypatch.setattr(type(model), "devices", property(lambda self: two))
+    assert not SuffixRunner.check(model)  # even after a check that said yes
+    res = ik.patch(model, task, site="resid_pre", per_position=True)
+    assert res.meta["engine"] == "hooks"
+    assert torch.allclose(res.scores, expected.scores, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- errors

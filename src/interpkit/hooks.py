@@ -5,6 +5,8 @@ and sees activations in the classic shapes, with ``hook.name`` the canonical nam
 (``model.hook_names()``) (``attn.hook_z`` as ``(batch, pos, head, d_head)``),
 because registration goes through the bridge's ``HookPoint.add_hook``, which applies the
 bridge's shape conversions. Returning a tensor replaces the activation; returning None keeps it.
+On a model loaded with ``device_map`` the activation is on its layer's device, and a returned
+tensor must be too (``value.to(act.device)``, free when it already is).
 
 Gradient hooks are registered as forward hooks that pass the activation through unchanged and
 attach a tensor hook to it, so they see gradients in the same classic shape as the forward
@@ -80,9 +82,10 @@ def run_with_hooks(
     attention_mask: torch.Tensor | None = None,
     **forward_kwargs: Any,
 ) -> torch.Tensor:
-    """One forward pass with temporary forward hooks; returns the logits."""
+    """One forward pass with temporary forward hooks; returns the logits (on ``model.device``)."""
+    mask = None if attention_mask is None else attention_mask.to(model.device)
     with hooks(model, fwd=fwd):
-        return model.bridge(model.check_tokens(tokens), attention_mask=attention_mask, **forward_kwargs)
+        return model.bridge(model.check_tokens(tokens), attention_mask=mask, **forward_kwargs).to(model.device)
 
 
 def active_hook_count(model: Model) -> int:

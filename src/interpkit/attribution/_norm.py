@@ -29,9 +29,9 @@ def norm_backward(module: Any, kind: str | None, x: torch.Tensor, grad: torch.Te
     if kind is None:
         return grad
     inner = getattr(module, "_original_component", module)
-    w = inner.weight.detach().float()
+    w = inner.weight.detach().float().to(grad.device)
     eps = float(getattr(inner, "variance_epsilon", getattr(inner, "eps", 1e-5)))
-    x = x.float()[:, :, None]  # (rows, pos, 1, d)
+    x = x.to(grad.device).float()[:, :, None]  # (rows, pos, 1, d); a block's input may arrive from the device before
     g = grad.float() * w
     if kind == "RMS":
         r = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()

@@ -74,7 +74,7 @@ def target_gradients(
 
     fn = get_metric(metric)
     with torch.enable_grad(), hooks(model, grad=[(n, keep) for n in names]):
-        logits = model.bridge(tokens)
+        logits = model.bridge(tokens).to(model.device)
         rows = torch.arange(len(task), device=logits.device)
         values = fn(logits[rows, task.answer_pos], task.answer, task.wrong, clean_logprobs)
         if not values.requires_grad:
@@ -150,9 +150,9 @@ def linear_estimate(model: Model, run: NodeRun, grads: dict[str, torch.Tensor]) 
             delta = (run.source_acts[name] - run.target_acts[name]).float()
             prod = (delta * grads[name].float()).reshape(n, -1)
             shape = run.target_acts[name].shape
-            mask = patch_mask(run.plan, ids, torch.Size((len(ids), *shape[1:])), model.device)
+            mask = patch_mask(run.plan, ids, torch.Size((len(ids), *shape[1:])), prod.device)  # the layer's device
             mask = mask.expand(len(ids), *shape[1:]).reshape(len(ids), -1).float()
-            out[ids] = mask @ prod.T
+            out[ids] = (mask @ prod.T).to(out.device)
     return out
 
 

@@ -97,7 +97,7 @@ def drop_gradients(
             block = torch.tensor([d == layer for d in chunk], device=model.device).repeat_interleave(n)
 
             def cut(act: torch.Tensor, hook: Any, block: torch.Tensor = block) -> torch.Tensor:
-                return torch.where(block.view(-1, *[1] * (act.ndim - 1)), act.detach(), act)
+                return torch.where(block.to(act.device).view(-1, *[1] * (act.ndim - 1)), act.detach(), act)
 
             fwd.append((f"blocks.{layer}.hook_attn_out", cut))
             if not c.attn_only:
@@ -190,10 +190,12 @@ def _estimates(model: Model, run: NodeRun, grads: dict[str, torch.Tensor], n_dro
     out = torch.empty(n_drops, len(plan), n, device=model.device)
     for layer in run.layers:
         ids = [i for i, pl in enumerate(plan.layer) if pl == layer]
-        contrib = qk_fixed(model, run, layer, grads[_qk_names(model, layer)[2]])
-        heads = torch.tensor([plan.head[i] for i in ids], device=model.device)
-        pos = torch.tensor([plan.pos[i] for i in ids] if plan.pos is not None else [0] * len(ids), device=model.device)
-        out[:, ids] = contrib[:, :, heads, pos].transpose(1, 2).to(out.dtype)
+        contrib = qk_fixed(model, run, layer, grads[_qk_names(model, layer)[2]])  # on the layer's device
+        heads = torch.tensor([plan.head[i] for i in ids], device=contrib.device)
+        pos = torch.tensor(
+            [plan.pos[i] for i in ids] if plan.pos is not None else [0] * len(ids), device=contrib.device
+        )
+        out[:, ids] = contrib[:, :, heads, pos].transpose(1, 2).to(out.device, out.dtype)
     return out
 
 

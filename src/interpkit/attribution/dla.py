@@ -141,9 +141,11 @@ def _by_position(model: Model, task: Task, cache: Any, terms: torch.Tensor, labe
     direction = _direction(model, task)
     out = torch.zeros(task.n_pos, n)
     for lay in range(c.n_layers):
-        v = acts[model.resolve_hook(f"blocks.{lay}.attn.hook_v")].float()  # (b, pos, kv, d_head)
+        # each layer's activations, gathered on model.device (where w_o and the direction are)
+        v = acts[model.resolve_hook(f"blocks.{lay}.attn.hook_v")].float().to(model.device)  # (b, pos, kv, d_head)
         v = v.repeat_interleave(c.n_heads // v.shape[2], dim=2)
-        a = acts[model.resolve_hook(f"blocks.{lay}.attn.hook_pattern")].float()[rows, :, task.answer_pos]  # (b, h, k)
+        p = acts[model.resolve_hook(f"blocks.{lay}.attn.hook_pattern")]
+        a = p[rows.to(p.device), :, task.answer_pos.to(p.device)].float().to(model.device)  # (b, h, k)
         per_key = torch.einsum("bhk,bkhe,hem->bkm", a, v, w_o[lay].float().to(v.device))  # (b, pos, d_model)
         normed = apply_ln_final(cache, per_key)
         out += torch.einsum("bkm,bm->kb", normed.float(), direction).cpu()

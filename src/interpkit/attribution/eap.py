@@ -86,7 +86,10 @@ def _sender_names(model: Model) -> list[str]:
 
 
 def sender_outputs(model: Model, acts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Each sender's output in the residual stream, ``(batch, pos, n_senders, d_model)``, graph order."""
+    """Each sender's output in the residual stream, ``(batch, pos, n_senders, d_model)``, graph order.
+
+    Each part is computed on its layer's device and gathered on ``model.device``.
+    """
     import torch
 
     c = model.cfg
@@ -94,10 +97,10 @@ def sender_outputs(model: Model, acts: dict[str, torch.Tensor]) -> torch.Tensor:
     for layer in range(c.n_layers):
         w_o = model.bridge.blocks[layer].attn.W_O  # (head, d_head, d_model)
         z = acts[f"blocks.{layer}.attn.hook_z"]
-        parts.append(torch.einsum("bphd,hdm->bphm", z.to(w_o.dtype), w_o))
+        parts.append(torch.einsum("bphd,hdm->bphm", z.to(w_o.device, w_o.dtype), w_o))
         if not c.attn_only:
             parts.append(acts[f"blocks.{layer}.hook_mlp_out"][:, :, None])
-    return torch.cat(parts, dim=2)
+    return torch.cat([p.to(model.device) for p in parts], dim=2)
 
 
 def _projected_receivers(model: Model) -> bool:
@@ -128,7 +131,7 @@ def input_gradient(model: Model, name: str, grad: torch.Tensor) -> torch.Tensor:
     if ".attn.hook_" not in name:
         return grad
     w = getattr(model.bridge.blocks[int(name.split(".")[1])].attn, f"W_{name[-1].upper()}")  # (head, d_model, d_head)
-    return torch.einsum("bphe,hde->bphd", grad.to(w.dtype), w.detach())
+    return torch.einsum("bphe,hde->bphd", grad.to(w.device, w.dtype), w.detach())
 
 
 def _receiver_names(model: Model, projected: bool = False) -> list[str]:
@@ -187,7 +190,9 @@ def receiver_gradients(
     if embed_path is not None:
         flat = embed_path.reshape(steps * n, *embed_path.shape[2:])
         # A fresh leaf that requires grad, so gradients reach the layer-0 inputs.
-        fwd = [("blocks.0.hook_resid_pre", lambda act, hook: flat.to(act.dtype).clone().requires_grad_(True))]
+        fwd = [
+            ("blocks.0.hook_resid_pre", lambda act, hook: flat.to(act.device, act.dtype).clone().requires_grad_(True))
+        ]
     if mode == "normed":
         fwd += [
             (f"blocks.{lay}.hook_resid_pre", lambda act, hook, lay=lay: keep_input(act, hook, lay))
@@ -223,7 +228,7 @@ def receiver_gradients(
             g = norm_backward(model.bridge.blocks[layer].ln1, model.cfg.normalization, inputs[layer], g)
         g = g.reshape(steps, n, *g.shape[1:]).sum(0)
         parts.append(g if g.ndim == 4 else g[:, :, None])
-    return torch.cat(parts, dim=2)
+    return torch.cat([p.to(model.device) for p in parts], dim=2)  # each layer's part gathered on model.device
 
 
 def gradient_mode(model: Model) -> str:
@@ -334,7 +339,7 @@ def edge_scores(
             if method == "eap-ig":
                 alphas = torch.arange(1, ig_steps + 1, device=model.device, dtype=torch.float32) / ig_steps
                 e_t, e_s = target_acts["blocks.0.hook_resid_pre"], source_acts["blocks.0.hook_resid_pre"]
-                path = e_t[None] + alphas[:, None, None, None].to(e_t.dtype) * (e_s - e_t)[None]
+                path = e_t[None] + alphas[:, None, None, None].to(e_t.device, e_t.dtype) * (e_s - e_t)[None]
             grads = receiver_gradients(model, task, target, metric, base["clean_logprobs"], path)  # (b, p, R, d)
             with torch.no_grad():
                 # one (senders x receivers) GEMM over batch, position and d_model, in the model's float

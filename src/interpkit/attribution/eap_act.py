@@ -101,18 +101,19 @@ def activation_ig_matrix(
 
         def run(lo: int, hi: int, kind: str = kind, layer: int = layer, hook: str = hook, t: Any = t, s: Any = s,
                 start: Any = start, total: Any = total) -> torch.Tensor:  # fmt: skip
-            ex, a = example[lo:hi], alpha[lo:hi].view(-1, *[1] * (t.ndim - 1)).to(t.dtype)
-            point = (t[ex] + a * (s[ex] - t[ex])).detach()
+            ex, a = example[lo:hi], alpha[lo:hi].view(-1, *[1] * (t.ndim - 1)).to(t.device, t.dtype)
+            ex_t = ex.to(t.device)  # the group's activations stay on its layer's device
+            point = (t[ex_t] + a * (s[ex_t] - t[ex_t])).detach()
             kept: dict[str, torch.Tensor] = {}
 
             def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
                 kept[hook.name] = act
                 return act
 
-            fwd = [] if kind == "embed" else [(hook, lambda act, hook: point)]
+            fwd = [] if kind == "embed" else [(hook, lambda act, hook: point.to(act.device))]
             fwd += [(name, keep) for name in names]
             with torch.enable_grad():
-                first = point.requires_grad_(True) if kind == "embed" else start[ex]
+                first = point.requires_grad_(True) if kind == "embed" else start[ex.to(start.device)]
                 final = forward_final(model, first, layer, task.answer_pos[ex], fwd)
                 values = fn(final, task.answer[ex], task.wrong[ex], clean_logprobs[ex])
                 if not values.requires_grad:
@@ -130,7 +131,7 @@ def activation_ig_matrix(
                     if g is not None:
                         g = input_gradient(model, name, g.detach()).float()
                         g = g if g.ndim == 4 else g[:, :, None]
-                        total[:, :, offset : offset + width].index_add_(0, ex, g)
+                        total[:, :, offset : offset + width].index_add_(0, ex, g.to(total.device))
                 offset += width
             return values.detach()
 

@@ -112,20 +112,21 @@ def exact_edges(
 
                     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
                         add = torch.zeros_like(act)
-                        d = delta[ex[js], :, ss].to(act.dtype)  # (k, pos, d_model)
+                        d = delta[ex[js], :, ss].to(act.device, act.dtype)  # (k, pos, d_model)
                         if projected and heads is not None:  # the change after W_Q/W_K/W_V: (k, pos, d_head)
                             w = getattr(model.bridge.blocks[int(name.split(".")[1])].attn, f"W_{name[-1].upper()}")
-                            d = torch.einsum("kpd,kde->kpe", d, w[heads].to(act.dtype))
+                            d = torch.einsum("kpd,kde->kpe", d, w[heads.to(w.device)].to(act.device, act.dtype))
+                        rows = js.to(act.device)
                         if heads is None:
-                            add[js] = d
+                            add[rows] = d
                         else:
-                            add[js, :, heads] = d
+                            add[rows, :, heads.to(act.device)] = d
                         return act + add
 
                     return hook
 
                 fwd = [(name, make(items, name)) for name, items in adds.items()]
-                final = forward_final(model, start[ex], layer, answer_pos[ex], fwd)
+                final = forward_final(model, start[ex.to(start.device)], layer, answer_pos[ex], fwd)
                 vals = fn(final, answer[ex], wrong[ex], clean_logprobs[ex])
                 out[torch.tensor(edges, device=model.device), ex] = (vals - base[ex]).to(out.dtype)
                 return vals

@@ -42,7 +42,8 @@ __all__ = ["head_patterns", "induction_scores", "previous_token_scores"]
 
 def _stack(patterns: Tensor | Sequence[Tensor]) -> Tensor:
     """Patterns as one float tensor ``(layer, batch, head, q_pos, k_pos)``."""
-    stacked = patterns if isinstance(patterns, Tensor) else torch.stack(list(patterns))
+    items = [] if isinstance(patterns, Tensor) else list(patterns)
+    stacked = patterns if isinstance(patterns, Tensor) else torch.stack([p.to(items[0].device) for p in items])
     if stacked.ndim != 5:
         raise ValueError(
             f"patterns must be (layer, batch, head, q_pos, k_pos) or a list of (batch, head, q_pos, k_pos); "
@@ -128,4 +129,5 @@ def head_patterns(model: Model | Any, tokens: Tensor) -> Tensor:
         _, cache = model.bridge.run_with_cache(
             tokens.to(model.device), names_filter=lambda name: name.endswith("attn.hook_pattern")
         )
-        return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
+        patterns = [cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)]
+        return torch.stack([p.to(model.device) for p in patterns])  # each layer's, gathered on model.device

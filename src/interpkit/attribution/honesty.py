@@ -148,10 +148,11 @@ def exact_nodes(
                 ex = torch.tensor(rows_example[lo:hi], device=model.device)
                 local = torch.tensor([column[b] for b in rows_example[lo:hi]], device=model.device)
                 chunk = rows_patch[lo:hi]
+                src, start = source_acts[hook_names[lay]], target_acts[resid_names[lay]]  # on their layer's device
                 hook = masked_patch_hook(
-                    lambda shape: patch_mask(sub, chunk, shape, model.device), source_acts[hook_names[lay]][local]
+                    lambda shape, device: patch_mask(sub, chunk, shape, device), src[local.to(src.device)]
                 )
-                final = forward_final(model, target_acts[resid_names[lay]][local], lay, task.answer_pos[ex],
+                final = forward_final(model, start[local.to(start.device)], lay, task.answer_pos[ex],
                                       [(hook_names[lay], hook)])  # fmt: skip
                 vals = fn(final, task.answer[ex], task.wrong[ex], clean_logprobs[ex])
                 values[torch.tensor(chunk, device=model.device), local] = vals.to(values.dtype)

@@ -77,22 +77,24 @@ def ig(
         ids = [i for i, pl in enumerate(run.plan.layer) if pl == lay]
         t = run.target_acts[name].clone()
         s = run.source_acts[name].clone()
-        mask = patch_mask(run.plan, ids, torch.Size((len(ids), *t.shape[1:])), model.device).any(0, keepdim=True)
+        mask = patch_mask(run.plan, ids, torch.Size((len(ids), *t.shape[1:])), t.device).any(0, keepdim=True)
         start = run.target_acts[model.resolve_hook(f"blocks.{lay}.hook_resid_pre")].clone()
         total = torch.zeros_like(t, dtype=torch.float32)
 
         def chunk(lo: int, hi: int, t: Any = t, s: Any = s, mask: Any = mask, start: Any = start, lay: int = lay,
                   name: str = name, total: Any = total) -> torch.Tensor:  # fmt: skip
             ex, al = example[lo:hi], alpha[lo:hi]
-            a = al.view(-1, *[1] * (t.ndim - 1)).to(t.dtype)
-            point = torch.where(mask, t[ex] + a * (s[ex] - t[ex]), t[ex]).detach().requires_grad_(True)
+            ex_t = ex.to(t.device)  # t, s, mask and total live on the layer's device
+            a = al.view(-1, *[1] * (t.ndim - 1)).to(t.device, t.dtype)
+            point = torch.where(mask, t[ex_t] + a * (s[ex_t] - t[ex_t]), t[ex_t]).detach().requires_grad_(True)
             with torch.enable_grad():
-                final = forward_final(model, start[ex], lay, run.task.answer_pos[ex], [(name, lambda act, hook: point)])
+                patch = [(name, lambda act, hook: point.to(act.device))]
+                final = forward_final(model, start[ex.to(start.device)], lay, run.task.answer_pos[ex], patch)
                 values = fn(final, run.task.answer[ex], run.task.wrong[ex], run.base["clean_logprobs"][ex])
                 if not values.requires_grad:
                     raise no_gradient(run.metric)
                 (g,) = torch.autograd.grad(values.sum(), [point])
-            total.index_add_(0, ex, g.float())
+            total.index_add_(0, ex_t, g.float())
             return values.detach()
 
         run_chunked(steps * n, batch_rows, chunk)

@@ -133,7 +133,11 @@ class ActivationCache:
         )
 
     def need(self, names: list[str]) -> list[torch.Tensor]:
-        """The cached tensors for hook ``names``, or one CacheError naming every missing one."""
+        """The cached tensors for hook ``names`` (on one device, the first one's), or one CacheError naming every missing one.
+
+        A model split over devices leaves each activation on its layer's device; analyses that
+        combine layers gather them here.
+        """
         found, missing = [], []
         for name in names:
             try:
@@ -145,7 +149,7 @@ class ActivationCache:
                 f"this analysis needs hook(s) that were not cached: {', '.join(missing)}. Run "
                 "ik.cache.run(model, tokens) with sites=None (the analysis set) or add these sites"
             )
-        return found
+        return [t.to(found[0].device) for t in found]
 
     def __repr__(self) -> str:
         shape = "x".join(str(s) for s in self.tokens.shape)

@@ -106,9 +106,10 @@ class _ShardWriter:
             def fn(act: torch.Tensor, hook: Any) -> None:
                 if act.shape[0] != ids.shape[0]:
                     act = act.expand(ids.shape[0], *act.shape[1:])
+                real = mask.to(act.device)  # a split model's activation sits on its layer's device
                 for r in self.by_hook[name]:
                     part = act if r.head_axis is None else act.select(r.head_axis, r.head_index)
-                    bufs[r.key][at : at + n_rows].copy_(part[mask])
+                    bufs[r.key][at : at + n_rows].copy_(part[real])
                 fired.add(name)
                 if len(fired) == len(self.by_hook):
                     raise _AllFired

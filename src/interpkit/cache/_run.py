@@ -207,7 +207,7 @@ def run(
         leaf = [("hook_embed", lambda act, hook: act if act.requires_grad else act.detach().requires_grad_())]
         with torch.inference_mode(False), torch.enable_grad(), hooks(model, fwd=leaf + fns):
             logits = model.bridge(ids, attention_mask=mask)
-            values = metric(logits)
+            values = metric(logits.to(ids.device))
             if not isinstance(values, torch.Tensor) or not values.requires_grad:
                 raise CacheError("the with_grad metric must return a tensor computed from the logits")
             missing = [h for h in by_hook if h not in full]

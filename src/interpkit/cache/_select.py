@@ -163,6 +163,7 @@ def normalize_positions(positions: Any, batch: int, seq_len: int, device: Any) -
 def select(act: torch.Tensor, req: Request, positions: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor:
     """The part of a hook activation that ``req`` keeps: chosen positions, then the chosen head."""
     if positions is not None:
+        positions = positions.to(act.device)  # a split model's activation sits on its layer's device
         axis = req.pos_axis
         if act.ndim <= axis or act.shape[axis] != seq_len:
             raise CacheError(

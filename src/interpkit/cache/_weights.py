@@ -50,7 +50,7 @@ def head_out_weights(model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
     with torch.no_grad():
         w_o = _attr(model.bridge, "W_O")
         if w_o is None or tuple(w_o.shape) != (c.n_layers, c.n_heads, c.d_head, c.d_model):
-            w_o = torch.stack([_w_o_from_module(model, layer) for layer in range(c.n_layers)])
+            w_o = torch.stack([_w_o_from_module(model, layer).to(model.device) for layer in range(c.n_layers)])
         b_o = _attr(model.bridge, "b_O")
         if b_o is not None and tuple(b_o.shape) != (c.n_layers, c.d_model):
             raise CacheError(f"attention output bias has shape {tuple(b_o.shape)}, expected {(c.n_layers, c.d_model)}")

@@ -170,20 +170,21 @@ class EdgeRunner:
         mlp = 0 if c.attn_only else 1
         hooks: list[tuple[str, Any]] = []
 
+        # delta, src and removed sit on model.device; a split model's hooks fire on their layer's device
         def put(lo: int, hi: int, out: torch.Tensor) -> None:
-            delta[:, :, lo:hi] = out - src[:, :, lo:hi]  # this run's output minus the ablated output
+            delta[:, :, lo:hi] = out.to(delta.device) - src[:, :, lo:hi]  # this run's output minus the ablated output
 
         def patch_heads(lo: int, n_before: int) -> Any:
             def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # act (rows, pos, head, d_model)
                 r = removed[:, :n_before, lo : lo + act.shape[2]]
-                return act - torch.einsum("bpsd,bsh->bphd", delta[:, :, :n_before], r).to(act.dtype)
+                return act - torch.einsum("bpsd,bsh->bphd", delta[:, :, :n_before], r).to(act.device, act.dtype)
 
             return hook
 
         def patch_one(r_index: int, n_before: int) -> Any:
             def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # act (rows, pos, d_model)
                 r = removed[:, :n_before, r_index]
-                return act - torch.einsum("bpsd,bs->bpd", delta[:, :, :n_before], r).to(act.dtype)
+                return act - torch.einsum("bpsd,bs->bpd", delta[:, :, :n_before], r).to(act.device, act.dtype)
 
             return hook
 
@@ -193,7 +194,7 @@ class EdgeRunner:
             def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # act (rows, pos, head, d_head)
                 r = removed[:, :n_before, lo : lo + act.shape[2]]
                 change = torch.einsum("bpsd,bsh->bphd", delta[:, :, :n_before], r)
-                return act - torch.einsum("bphd,hde->bphe", change.to(w.dtype), w).to(act.dtype)
+                return act - torch.einsum("bphd,hde->bphe", change.to(w.device, w.dtype), w).to(act.device, act.dtype)
 
             return hook
 
@@ -211,7 +212,7 @@ class EdgeRunner:
             w_o = attn.W_O  # (head, d_head, d_model)
 
             def heads_out(act: torch.Tensor, hook: Any, lo: int = s, w_o: Any = w_o) -> None:
-                put(lo, lo + c.n_heads, torch.einsum("bphd,hdm->bphm", act.to(w_o.dtype), w_o))
+                put(lo, lo + c.n_heads, torch.einsum("bphd,hdm->bphm", act.to(w_o.device, w_o.dtype), w_o))
 
             hooks.append((f"blocks.{layer}.attn.hook_z", heads_out))
             r += c.n_heads + 2 * c.n_kv_heads

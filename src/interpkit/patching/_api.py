@@ -108,10 +108,11 @@ def _layer_rows(
 
     def run(start: int, stop: int) -> torch.Tensor:
         ex = torch.tensor(rows_example[start:stop], device=model.device)
-        src = source if source.shape[0] == 1 else source[ex]
+        # captured activations stay on their layer's device; the row indices go to them
+        src = source if source.shape[0] == 1 else source[ex.to(source.device)]
         chunk = rows_patch[start:stop]
-        hook = masked_patch_hook(lambda shape: patch_mask(plan, chunk, shape, model.device), src)
-        final = forward_final(model, resid[ex], layer, task.answer_pos[ex], [(hook_name, hook)])
+        hook = masked_patch_hook(lambda shape, device: patch_mask(plan, chunk, shape, device), src)
+        final = forward_final(model, resid[ex.to(resid.device)], layer, task.answer_pos[ex], [(hook_name, hook)])
         vals = fn(final, task.answer[ex], task.wrong[ex], clean_logprobs[ex])
         check(vals, chunk, rows_example[start:stop])
         values[torch.tensor(chunk, device=model.device), ex] = vals.to(values.dtype)
@@ -334,10 +335,10 @@ def ablate(
     )
     masks, sources = {}, {}
     for hook_name, members in by_hook.items():
-        act = clean_acts[hook_name]
-        mask = torch.zeros((1,) * act.ndim, dtype=torch.bool, device=model.device)
+        act = clean_acts[hook_name]  # on the device its hook fires on, like the mask built here
+        mask = torch.zeros((1,) * act.ndim, dtype=torch.bool, device=act.device)
         for s in members:
-            mask = mask | _component_mask(s, act.shape, model.cfg.group_size, model.device)
+            mask = mask | _component_mask(s, act.shape, model.cfg.group_size, act.device)
         masks[hook_name] = mask
         sources[hook_name] = ablation_source(
             ablation, act, corrupt_acts[hook_name], task, seed, pattern=members[0].kind == "pattern"
@@ -347,7 +348,7 @@ def ablate(
 
     def run(_: int, start: int, stop: int) -> None:
         patches = [
-            (h, masked_patch_hook(lambda shape, m=masks[h]: m, src if src.shape[0] == 1 else src[start:stop]))
+            (h, masked_patch_hook(lambda shape, device, m=masks[h]: m, src if src.shape[0] == 1 else src[start:stop]))
             for h, src in sources.items()
         ]
         final = forward_final(model, task.clean[start:stop], None, task.answer_pos[start:stop], patches)

@@ -17,7 +17,10 @@ forwards as memory allows:
 * under ``torchrun`` the row chunks are shared between ranks and the values combined
   (:mod:`interpkit.distributed`), bit-identical to a single process with the same batch size.
 
-Everything runs under ``torch.inference_mode`` on the model's device.
+Everything runs under ``torch.inference_mode``. A model loaded with ``device_map`` has its blocks
+on several devices: captured activations stay on the device their hook fired on, a hook puts
+what it writes on ``act.device``, and what a forward returns (logits, metric values) comes back
+to ``model.device``, where the results are gathered.
 """
 
 from __future__ import annotations
@@ -60,11 +63,12 @@ def capture(model: Model, tokens: torch.Tensor, names: Sequence[str]) -> tuple[d
     canonical = sorted({model.resolve_hook(n) for n in names})
     with torch.inference_mode(), hooks(model, fwd=[(n, keep) for n in canonical]):
         logits = model.bridge(tokens)
-    return store, logits
+    return store, logits.to(model.device)
 
 
 def _tail(model: Model, resid: torch.Tensor) -> torch.Tensor:
-    return model.bridge.unembed(model.bridge.ln_final(resid[:, None, :]))[:, 0, :]
+    """Logits ``(rows, d_vocab)`` on ``model.device`` from the final residual ``(rows, d_model)``."""
+    return model.bridge.unembed(model.bridge.ln_final(resid[:, None, :]))[:, 0, :].to(model.device)
 
 
 def tail_is_exact(model: Model) -> bool:
@@ -105,11 +109,11 @@ def forward_final(
     if not tail_is_exact(model):
         with hooks(model, fwd=fwd):
             logits = model.bridge(start, **kwargs)
-        return logits[rows, answer_pos]
+        return logits[rows.to(logits.device), answer_pos.to(logits.device)].to(model.device)
     caught: dict[str, torch.Tensor] = {}
 
     def stop(act: torch.Tensor, hook: Any) -> None:
-        caught["resid"] = act[rows, answer_pos]
+        caught["resid"] = act[rows.to(act.device), answer_pos.to(act.device)]
         raise _StopForward
 
     try:
@@ -177,7 +181,8 @@ def auto_rows(model: Model, n_pos: int) -> int:
     itemsize = 4 if model.dtype.is_floating_point and model.dtype.itemsize >= 4 else 2
     width = c.d_model * 8 + (c.d_mlp or 0) * 4 + c.n_heads * n_pos * 3
     per_row = n_pos * width * itemsize * 2
-    by_memory = free_memory_bytes(model.device) // 4 // max(per_row, 1)
+    free = min(free_memory_bytes(d) for d in model.devices)  # a split model: the fullest device decides
+    by_memory = free // 4 // max(per_row, 1)
     tokens_budget = int(os.environ.get("INTERPKIT_TOKENS_PER_FORWARD", 65536 if model.device.type == "cuda" else 4096))
     return int(max(1, min(by_memory, max(1, tokens_budget // max(n_pos, 1)), 4096)))
 
@@ -289,11 +294,17 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def masked_patch_hook(mask_fn: Callable[[torch.Size], torch.Tensor], source: torch.Tensor) -> Callable[..., Any]:
-    """A hook writing ``source`` where ``mask_fn(act.shape)`` is True (new tensor, no in-place change)."""
+def masked_patch_hook(
+    mask_fn: Callable[[torch.Size, torch.device], torch.Tensor], source: torch.Tensor
+) -> Callable[..., Any]:
+    """A hook writing ``source`` where ``mask_fn(act.shape, act.device)`` is True (new tensor, no in-place change).
+
+    Mask and source are used on the activation's device (a no-op on a single-device model).
+    """
     import torch
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        return torch.where(mask_fn(act.shape), source.to(act.dtype), act)
+        mask = mask_fn(act.shape, act.device).to(act.device)
+        return torch.where(mask, source.to(act.device, act.dtype), act)
 
     return hook

@@ -112,16 +112,17 @@ def _sender_deltas(
     out: torch.Tensor | None = None
     for name, rows in by_hook.items():
         idx = torch.tensor(rows, device=ex.device)
-        diff = source[name][ex[idx]] - base[name][ex[idx]]
+        at = ex[idx].to(source[name].device)  # each sender's activations stay on its layer's device
+        diff = source[name][at] - base[name][at]
         first = senders[sender_of_row[rows[0]]]
         if first.kind == "z":
-            heads = torch.tensor([senders[sender_of_row[j]].head for j in rows], device=ex.device)
-            w_o = model.bridge.blocks[first.layer].attn.W_O[heads]  # (rows, d_head, d_model)
-            z = diff[torch.arange(len(rows), device=ex.device), :, heads]  # (rows, pos, d_head)
-            diff = torch.bmm(z.to(w_o.dtype), w_o)
-        if out is None:
-            out = diff.new_zeros((len(sender_of_row), *diff.shape[1:]))
-        out[idx] = diff.to(out.dtype)
+            w_o = model.bridge.blocks[first.layer].attn.W_O
+            heads = torch.tensor([senders[sender_of_row[j]].head for j in rows], device=w_o.device)
+            z = diff[torch.arange(len(rows), device=diff.device), :, heads.to(diff.device)]  # (rows, pos, d_head)
+            diff = torch.bmm(z.to(w_o.device, w_o.dtype), w_o[heads])  # w_o[heads]: (rows, d_head, d_model)
+        if out is None:  # gathered on the examples' device (model.device)
+            out = torch.zeros((len(sender_of_row), *diff.shape[1:]), dtype=diff.dtype, device=ex.device)
+        out[idx] = diff.to(out.device, out.dtype)
     assert out is not None
     return out
 
@@ -185,15 +186,16 @@ def path_patch(
             [sender_sites[i].layer if sender_sites[i].kind != "embed" else -1 for i, _ in chunk], device=model.device
         )
         if to_logits:
-            resid = (
-                base_acts[final_name][ex, task.answer_pos[ex]] + deltas[torch.arange(len(chunk)), task.answer_pos[ex]]
-            )
+            last = base_acts[final_name]  # on the last block's device
+            pos = task.answer_pos[ex]
+            delta = deltas[torch.arange(len(chunk), device=deltas.device), pos]
+            resid = last[ex.to(last.device), pos.to(last.device)] + delta.to(last.device)
             final = _tail(model, resid)
         else:
             patches = _receiver_values(model, receiver_sites, base_acts, deltas, layer_of, ex)
             start_layer = min(recv_layers)
-            resid0 = base_acts[model.resolve_hook(f"blocks.{start_layer}.hook_resid_pre")][ex]
-            final = forward_final(model, resid0, start_layer, task.answer_pos[ex], patches)
+            resid0 = base_acts[model.resolve_hook(f"blocks.{start_layer}.hook_resid_pre")]
+            final = forward_final(model, resid0[ex.to(resid0.device)], start_layer, task.answer_pos[ex], patches)
         vals = fn(final, task.answer[ex], task.wrong[ex], ref["clean_logprobs"][ex])
         out[torch.tensor([i for i, _ in chunk], device=model.device), ex] = vals.to(out.dtype)
         return vals
@@ -260,12 +262,14 @@ def _receiver_values(
 
         mid_name = model.resolve_hook(f"blocks.{layer}.hook_resid_mid")
         fwd = [(n, keep) for n in sorted(wanted)]
-        start = base_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")][ex]
+        pre = base_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")]
+        start = pre[ex.to(pre.device)]
         if any(r.kind == "mlp_out" for r in group):
-            frozen_mid = base_acts[mid_name][ex] + delta
-            fwd.insert(0, (mid_name, lambda act, hook, v=frozen_mid: v))
+            mid = base_acts[mid_name]
+            frozen_mid = mid[ex.to(mid.device)] + delta.to(mid.device)
+            fwd.insert(0, (mid_name, lambda act, hook, v=frozen_mid: v.to(act.device)))
         if any(r.kind != "mlp_out" for r in group):
-            start = start + delta
+            start = start + delta.to(start.device)
         try:
             from interpkit.hooks import hooks
 
@@ -286,7 +290,7 @@ def _receiver_values(
                 index = [slice(None)] * value.ndim
                 index[axis] = r.hook_index(model.cfg.group_size)
                 mask[tuple(index)] = True
-            patches.append((name, masked_patch_hook(lambda s, m=mask: m, value)))
+            patches.append((name, masked_patch_hook(lambda s, d, m=mask: m, value)))
     return _merge_same_hook(patches)
 
 

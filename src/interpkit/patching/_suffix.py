@@ -64,6 +64,8 @@ def unsupported_reason(model: Model) -> str | None:
         (bool(getattr(c, "use_local_attn", False)), "local attention"),
         (bool(getattr(c, "rotary_adjacent_pairs", False)), "adjacent-pair rotary"),
         (str(getattr(c, "act_fn", "relu")).lower() not in _ACTS and not c.attn_only, f"activation {c.act_fn!r}"),
+        # Its weights and caches would have to follow each block to its device; the hook engine does that.
+        (len(model.devices) > 1, "a model split over several devices (device_map)"),
     ]
     if hf is not None:
         kind = getattr(hf, "model_type", None)
@@ -232,7 +234,13 @@ class SuffixRunner:
     # ------------------------------------------------------------------ verdict
     @classmethod
     def check(cls, model: Model) -> bool:
-        """Whether the suffix forward reproduces the bridge's logits (1e-4), checked once per model."""
+        """Whether the suffix forward reproduces the bridge's logits (1e-4), checked once per model.
+
+        Never for a model split over several devices (checked on every call: a model can be
+        dispatched or gathered after its first check).
+        """
+        if len(model.devices) > 1:
+            return False
         cached = getattr(model, "_interpkit_suffix_exact", None)
         if cached is not None:
             return cached
