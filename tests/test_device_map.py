@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import interpkit as ik
+from interpkit.cli import main
 from interpkit.errors import DeviceError
 from interpkit.models import boot_native, load_model, save_native
 from interpkit.models._device_map import (
@@ -234,3 +235,17 @@ def test_bad_device_maps_name_the_value_and_the_choices(tiny_llama, tiny_gpt2):
     split_tie = {"": torch.device("cpu"), "lm_head": torch.device("cuda", 0)}
     with pytest.raises(DeviceError, match="tied weights"):
         resolve_plan(tiny_gpt2.bridge.original_model, 2, split_tie)
+
+
+def test_cli_device_map(capsys):
+    assert main(["hooks", "--model", "toy-induction", "--device-map", "cpu", "--filter", "hook_z"]) == 0
+    assert capsys.readouterr().out.split() == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
+    assert main(["sites", "--model", "toy-induction", "--device-map", '{"": "cpu"}', "--kind", "z"]) == 0
+    capsys.readouterr()
+    assert main(["hooks", "--model", "toy-induction", "--device", "cpu", "--device-map", "cpu"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["hooks", "--model", "toy-induction", "--device-map", "{oops"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    if torch.cuda.device_count() < 3:
+        assert main(["hooks", "--model", "toy-induction", "--device-map", "3"]) == 2
+        assert "device_map=3" in capsys.readouterr().err

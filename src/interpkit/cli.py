@@ -55,8 +55,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> Any:
     from interpkit.models import load_model
+    from interpkit.models._device_map import parse_device_map
 
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    device_map = parse_device_map(getattr(args, "device_map", None))
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=device_map)
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
@@ -240,9 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_model(p: argparse.ArgumentParser) -> None:
+    def with_model(p: argparse.ArgumentParser, device_map: bool = True) -> None:
         p.add_argument("--model", default="smollm2-135m", help="registry name, path or hub id (default: smollm2-135m)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+        if device_map:
+            from interpkit.models._device_map import CLI_HELP
+
+            p.add_argument("--device-map", default=None, help=CLI_HELP)
         p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's own)")
 
     p = sub.add_parser("models", **_example("models"), help="list registry models and whether they load here")
@@ -327,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_parsers(sub, with_model)
     from interpkit.probing.cli import add_parsers as add_probe_parsers
 
-    add_probe_parsers(sub, with_model)
+    # The probe commands load their model themselves, without a device map: no --device-map there.
+    add_probe_parsers(sub, lambda p: with_model(p, device_map=False))
     return parser
 
 

@@ -25,6 +25,9 @@ from interpkit.errors import InterpkitError
 def _default_with_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="registry name, path or hub id (default: smollm2-135m)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    from interpkit.models._device_map import CLI_HELP
+
+    p.add_argument("--device-map", default=None, help=CLI_HELP)
     p.add_argument("--dtype", default=None, help="model dtype: float32, bfloat16 or float16 (default: its own)")
 
 
@@ -35,14 +38,15 @@ def _sites(values: Sequence[str]) -> list[str]:
 def cmd_cache(args: argparse.Namespace) -> int:
     from interpkit.cache import harvest
     from interpkit.models import load_model
+    from interpkit.models._device_map import parse_device_map
 
-    device = args.device
-    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    device, device_map = args.device, parse_device_map(getattr(args, "device_map", None))
+    if device is None and device_map is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
         if torch.cuda.is_available():  # one GPU per torchrun process
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    model = load_model(args.model, device=device, dtype=args.dtype)
+    model = load_model(args.model, device=device, dtype=args.dtype, device_map=device_map)
     store = harvest(
         model,
         args.data,
