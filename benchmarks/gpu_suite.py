@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/gpu_suite.py [--device cuda|cpu] [--threads 1] [--repeat 3]
                                    [--n 4] [--layers 4] [--tokens 2048] [--probe-n 600] [--quick]
+                                   [--only multi-gpu] [--split-over cuda:0,cuda:1]
 
 On CUDA every figure is the median of ``--repeat`` timed runs after one warm-up, timed with
 CUDA events, with the peak of ``torch.cuda.max_memory_allocated`` over those runs; on CPU the
@@ -24,6 +25,14 @@ The work is that of the single-purpose scripts beside this one (``bench_patching
 ``bench_cache.py``, ``bench_probing.py``, ``bench_attribution.py``, whose helpers it imports);
 the attribution row is skipped with a message when its script or method is absent.
 ``--quick`` skips the slow peers (transformer_lens patching, scikit-learn).
+
+The multi-GPU check (with two CUDA devices or more; skipped with a message otherwise) loads the
+model split over two GPUs (``device_map=2``) and compares it with the one-GPU load: logits, an
+``ik.patch`` head_out sweep, a per-position resid_pre sweep across the devices' boundary, a mean
+ablation, a path patch into the logits and EAP edge scores. Each line says pass or fail; the
+script exits with status 1 if any fails. ``--split-over cuda:0,cpu`` runs the same check with
+the blocks split over the devices named (one GPU and the CPU will do; ``cpu,cpu`` is a dry run of
+the dispatch path on a machine without GPUs).
 """
 
 from __future__ import annotations
@@ -229,6 +238,59 @@ def bench_attribution(table: Table, model, args, device) -> None:
     table.add(name, ours, measure(unit, device, args.repeat), "one forward + backward (the unit)")
 
 
+def _split(model_spec: str, devices: list[str]) -> Any:
+    if devices == [f"cuda:{i}" for i in range(len(devices))]:
+        return ik.load_model(model_spec, device_map=len(devices))  # the int form, as a user writes it
+    from interpkit.models._device_map import layout, split_plan
+
+    model = ik.load_model(model_spec)
+    plan = split_plan(layout(model.bridge.original_model, model.cfg.n_layers), devices)
+    return ik.load_model(model, device_map=plan)
+
+
+def check_multi_gpu(args) -> bool:
+    """Split model against the one-device model; prints one pass/fail line per check, returns whether all passed."""
+    from interpkit.models._device_map import split_blocks
+
+    devices = args.split_over.split(",") if args.split_over else ["cuda:0", "cuda:1"]
+    n_gpus = torch.cuda.device_count()
+    gpus = {d for d in devices if d.startswith("cuda")}
+    if (not args.split_over and n_gpus < 2) or any(int(d.partition(":")[2] or 0) >= n_gpus for d in gpus):
+        print(f"multi-GPU check: skipped ({n_gpus} CUDA device(s); it needs {', '.join(sorted(gpus))})")
+        return True
+    single = ik.load_model(args.model, device="cuda:0" if gpus else "cpu")
+    split = _split(args.model, devices)
+    boundary = split_blocks(split.cfg.n_layers, len(devices)).count(0)  # the first block of the second device
+    where = ", ".join(str(d) for d in split.devices)
+    print(f"multi-GPU check: {args.model} over {where}; blocks 0..{boundary - 1} on the first device")
+    task = ik.tasks.load("ioi", single, n=args.n, seed=0)
+    layers = sorted({0, boundary - 1, boundary, split.cfg.n_layers - 1})
+    heads = ["L0H0", f"L{boundary}H1"]
+    checks = {
+        "logits": lambda m: m(task.clean),
+        "patch head_out": lambda m: ik.patch(m, task, "head_out").scores,
+        f"patch resid_pre x pos, layers {layers}": lambda m: (
+            ik.patch(m, task, "resid_pre", per_position=True, layers=layers).scores
+        ),
+        f"ablate mean {', '.join(heads)}": lambda m: ik.patching.ablate(m, task, heads, "mean"),
+        "path_patch heads -> logits": lambda m: ik.patching.path_patch(m, task, ["logits"], "heads").scores,
+        "attribute eap edges": lambda m: ik.attribute(m, task, method="eap", level="edge", check=0).scores,
+    }
+    ok = True
+    for name, fn in checks.items():
+        try:
+            with torch.inference_mode(name == "logits"):
+                want, got = fn(single).float().cpu(), fn(split).float().cpu()
+            err = float((want - got).abs().max()) / float(want.abs().max().clamp_min(1e-6))
+            passed, detail = err <= 1e-4, f"max |diff| / max |value| = {err:.1e}"
+        except Exception as exc:  # a device mismatch deep inside torch is what this check looks for
+            passed, detail = False, f"{type(exc).__name__}: {str(exc)[:300]}"
+        ok &= passed
+        print(f"  {'pass' if passed else 'FAIL'}  {name}: {detail}", flush=True)
+    print(f"multi-GPU check: {'all passed' if ok else 'FAILED'}")
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -239,14 +301,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048, help="tokens of text to harvest")
     parser.add_argument("--probe-n", type=int, default=600, help="sentences for the probing dataset")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--only", nargs="*", choices=["patching", "cache", "probing", "attribution"], default=None)
+    parser.add_argument(
+        "--only", nargs="*", choices=["patching", "cache", "probing", "attribution", "multi-gpu"], default=None
+    )
+    parser.add_argument(
+        "--split-over", default=None, help="multi-GPU check: devices to split over (default cuda:0,cuda:1)"
+    )
     parser.add_argument("--quick", action="store_true", help="skip the slow peers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    what = args.only or ["patching", "cache", "probing", "attribution"]
+    what = args.only or ["patching", "cache", "probing", "attribution", "multi-gpu"]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({gpu}), torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    multi_ok = check_multi_gpu(args) if "multi-gpu" in what else True
+    if set(what) == {"multi-gpu"}:
+        sys.exit(0 if multi_ok else 1)
     model = ik.load_model(args.model, device=str(device))
     table = Table()
     if "patching" in what:
@@ -259,6 +329,8 @@ def main() -> None:
         bench_attribution(table, model, args, device)
     print()
     print(table.markdown())
+    if not multi_ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

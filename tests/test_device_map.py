@@ -249,3 +249,17 @@ def test_cli_device_map(capsys):
     if torch.cuda.device_count() < 3:
         assert main(["hooks", "--model", "toy-induction", "--device-map", "3"]) == 2
         assert "device_map=3" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="with two GPUs the check runs for real")
+def test_gpu_suite_multi_gpu_check_skips_without_two_gpus():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--only", "multi-gpu"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "multi-GPU check: skipped" in run.stdout
