@@ -62,8 +62,9 @@ def _actual(model: Model, task: Task) -> torch.Tensor:
 def _direction(model: Model, task: Task) -> torch.Tensor:
     from interpkit.cache._weights import unembed_weights
 
-    w_u, _ = unembed_weights(model)
-    return (w_u.T[task.answer] - w_u.T[task.wrong]).float()  # (batch, d_model)
+    w_u, _ = unembed_weights(model)  # on the unembedding's device: the last one of a split model
+    answer, wrong = task.answer.to(w_u.device), task.wrong.to(w_u.device)
+    return (w_u.T[answer] - w_u.T[wrong]).float().to(model.device)  # (batch, d_model)
 
 
 def dla(model: Model, task: Task, by: str = "head", *, seed: int = 0) -> Result:
@@ -167,7 +168,7 @@ def logit_lens(model: Model, task: Task, *, seed: int = 0) -> Result:
     resid = stacked.scores[:, :, 0].float()
     _, b_u = unembed_weights(model)
     direction = _direction(model, task).to(resid.device)
-    const = (b_u[task.answer] - b_u[task.wrong]).float().to(resid.device)
+    const = (b_u[task.answer.to(b_u.device)] - b_u[task.wrong.to(b_u.device)]).float().to(resid.device)
     with torch.no_grad():
         values = torch.einsum("lbm,bm->lb", final_norm(model)(resid), direction) + const
     values = values.cpu()
