@@ -66,9 +66,9 @@ def test_split_blocks_is_contiguous_and_balanced(n_layers, n_devices):
 
 def test_split_plan_30_layers_over_4_devices():
     lay = Layout(
-        ("model.embed_tokens",),
+        ("model.embed_tokens", "model.rotary_emb"),
         tuple(f"model.layers.{i}" for i in range(30)),
-        ("model.norm", "model.rotary_emb", "lm_head"),
+        ("model.norm", "lm_head"),
     )
     devices = [f"cuda:{i}" for i in range(4)]
     plan = split_plan(lay, devices)
@@ -89,9 +89,9 @@ def test_split_blocks_errors():
 
 def test_layout_of_real_models(tiny_llama, tiny_gpt2, native_tiny):
     llama = layout(tiny_llama.bridge.original_model, 3)
-    assert llama.before == ("model.embed_tokens",)
+    assert llama.before == ("model.embed_tokens", "model.rotary_emb")  # weightless: runs before the blocks
     assert llama.blocks == ("model.layers.0", "model.layers.1", "model.layers.2")
-    assert llama.after == ("model.norm", "model.rotary_emb", "lm_head") and not llama.tied
+    assert llama.after == ("model.norm", "lm_head") and not llama.tied
     gpt2 = layout(tiny_gpt2.bridge.original_model, 2)
     assert gpt2.before == ("transformer.wte", "transformer.wpe") and gpt2.after == ("transformer.ln_f", "lm_head")
     assert gpt2.tied == {"lm_head": "transformer.wte"}  # GPT-2 ties its unembedding to the embedding
@@ -111,11 +111,11 @@ def test_int_map_plans_over_gpus(monkeypatch, tiny_llama):
     plan = resolve_plan(tiny_llama.bridge.original_model, 3, 2)
     assert {k: str(v) for k, v in plan.items()} == {
         "model.embed_tokens": "cuda:0",
+        "model.rotary_emb": "cuda:0",
         "model.layers.0": "cuda:0",
         "model.layers.1": "cuda:0",
         "model.layers.2": "cuda:1",
         "model.norm": "cuda:1",
-        "model.rotary_emb": "cuda:1",
         "lm_head": "cuda:1",
     }
     auto = resolve_plan(tiny_llama.bridge.original_model, 3, "auto")  # in memory: every GPU, at most one per block

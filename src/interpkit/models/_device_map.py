@@ -51,9 +51,10 @@ _FORMS = (
 # ---------------------------------------------------------------------------- plans (pure)
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """A model's placeable modules in the order a forward meets them (Hugging Face names).
+    """A model's placeable modules around its blocks (Hugging Face names).
 
-    ``tied`` maps a module to the earlier module it shares a weight tensor with.
+    ``before`` go with the first block, ``after`` with the last; ``tied`` maps a module to the
+    earlier module it shares a weight tensor with.
     """
 
     before: tuple[str, ...]
@@ -270,6 +271,11 @@ def layout(root: nn.Module, n_layers: int | None) -> Layout:
         after = [_join(prefix, n) for n in names[at + 1 :]] + after  # an outer module runs after the inner ones
         node, prefix = kids[at][1], _join(prefix, part)
     blocks = tuple(_join(prefix, n) for n, _ in _children(node))
+    # A module without weights registered after the blocks (a rotary embedding's frequencies) runs
+    # before them: keep it on the first device, not a hop away from the embeddings.
+    moved = [n for n in after if next(find_module(root, n).parameters(), None) is None]  # type: ignore[union-attr]
+    before += moved
+    after = [n for n in after if n not in moved]
     owner_of: dict[int, str] = {}
     tied: dict[str, str] = {}
     for name in (*before, *blocks, *after):
