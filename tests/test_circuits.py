@@ -286,8 +286,21 @@ def test_curve_and_stability(tiny_gpt2, tmp_path):
     task = random_task(tiny_gpt2, n=4, pos=5, seed=6)
     scores = edge_removal_scores(tiny_gpt2, task, "mean")
     total = build_graph(tiny_gpt2).n_edges
-    curve = faithfulness_curve(tiny_gpt2, task, scores, sizes=[0, 5, 20, 60, total], ablation="mean")
-    assert curve.kind == "faithfulness_curve" and curve.scores.shape == (5,)
+    calls = []
+    real = EdgeRunner.__call__
+
+    def counting(self, masks, batch_size=None):
+        calls.append(masks.shape[0])
+        return real(self, masks, batch_size)
+
+    EdgeRunner.__call__ = counting
+    try:
+        curve = faithfulness_curve(tiny_gpt2, task, scores, sizes=[0, 5, 20, 20, 60, total], ablation="mean")
+    finally:
+        EdgeRunner.__call__ = real
+    assert calls == [5]  # full, empty, 5, 20, 60: sizes 0 and total are the normalisation's runs, 20 repeats
+    assert curve.scores[2] == curve.scores[3]
+    assert curve.kind == "faithfulness_curve" and curve.scores.shape == (6,)
     assert curve.scores[0].item() == 0.0 and curve.scores[-1].item() == 1.0
     assert curve.meta["cpr"] > 0 and curve.meta["cmd"] >= 0 and curve.meta["fractions"][-1] == 1.0
     assert isinstance(curve_figure(curve), go.Figure)

@@ -68,13 +68,18 @@ def _bootstrap(values: torch.Tensor, full: torch.Tensor, empty: torch.Tensor, n_
 def _evaluate(
     model: Model, task: Task, masks: torch.Tensor, ablation: str, metric: str | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, EdgeRunner]:
-    """Per-example metric of ``masks``, the full model and the empty circuit (one batch)."""
+    """Per-example metric of ``masks``, the full model and the empty circuit (one batch).
+
+    Each distinct mask runs once: a curve's first and last sizes are often the empty and the full
+    graph, and pruned top-k circuits of nearby sizes often coincide.
+    """
     import torch
 
     runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed)
     graph = runner.graph
     rows = torch.cat([graph.mask[None], torch.zeros_like(graph.mask)[None], masks.cpu()])
-    values = runner(rows).double().cpu()
+    distinct, inverse = torch.unique(rows.flatten(1), dim=0, return_inverse=True)
+    values = runner(distinct.view(-1, *rows.shape[1:])).double().cpu()[inverse]
     if torch.isnan(values).any():
         raise CircuitError("the metric is NaN for some circuit; check the task's answers and the model's dtype")
     return values[2:], values[0], values[1], runner
