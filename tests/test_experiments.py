@@ -226,12 +226,16 @@ def test_demo_ioi_part_on_a_tiny_text_model(tiny_text_model, tmp_path):
     )
     report = script.main(cfg)
     ioi = report["tasks"]["ioi"]
-    assert set(report["tasks"]) == {"induction", "ioi", "probe"} and len(ioi["head_patching_top"]) == 8
+    assert set(report["tasks"]) == {"induction", "ioi", "ioi_circuit", "probe"} and len(ioi["head_patching_top"]) == 8
     # direct logit attribution sums to the model's own logit difference
     assert sum(value for _, value in ioi["dla_all"]) == pytest.approx(ioi["clean"], abs=1e-3)
     html = (tmp_path / "report.html").read_text()
-    # 2 score maps, picker, heads, resid, DLA bars + grid, lens, probe accuracy by layer
-    assert html.count('class="plotly-graph-div"') == 9
+    # 2 score maps, picker, heads, resid, DLA bars + grid, lens, circuit curve + graph, probe accuracy by layer
+    assert html.count('class="plotly-graph-div"') == 11
+    circ = report["tasks"]["ioi_circuit"]
+    assert circ["curve"]["0"] == 0.0 and circ["curve"][str(circ["n_edges_graph"])] == 1.0
+    assert 0 < circ["circuit_edges"] <= circ["circuit_top_k"] < circ["n_edges_graph"]
+    assert circ["faithfulness"] == pytest.approx(circ["curve"][str(circ["circuit_top_k"])], abs=1e-4)
     assert set(report["tasks"]["probe"]["accuracy_by_site"]) == {f"L{i}.resid_post" for i in range(3)}
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["spec"]["config"]["model"] == "tiny-text-llama"
