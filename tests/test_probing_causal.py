@@ -223,3 +223,24 @@ def test_experiment_end_to_end_on_a_tiny_model(text_model, tmp_path, monkeypatch
     assert set(summary["noun"]["removal_projection"]) == {"L0.resid_post", "L1.resid_post"}
     assert {"das_noun", "das_last", "das_mlp_noun"} <= set(summary["das"])
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "steering_noun.json").is_file()
+
+
+def test_causal_checks_on_a_model_split_by_device_map(text_model, number_ds, probes):
+    # The CPU stands in for each device: the split path (hooks moving inputs, edits on each layer's
+    # device, the random-init copy placed the same way) must give exactly the unsplit numbers.
+    from interpkit.models._device_map import dispatch, layout, split_plan
+
+    split = tiny_text_model()
+    dispatch(split, split_plan(layout(split.bridge.original_model, split.cfg.n_layers), ["cpu", "cpu"]))
+    assert "device_map" in split.info
+    for fn, kwargs in (
+        (P.remove, {"sites": ["L1.resid_post"], "seed": 0}),
+        (P.steer, {"site": "L1.resid_post", "scales": (-20, 0, 20)}),
+    ):
+        assert torch.equal(
+            fn(split, number_ds, probes, **kwargs).scores, fn(text_model, number_ds, probes, **kwargs).scores
+        )
+    fresh = P.random_init_model(split, seed=1)
+    assert fresh.info.get("device_map") == split.info["device_map"]
+    tokens = torch.tensor([number_ds.source["ids"][0]])
+    assert torch.equal(fresh(tokens), P.random_init_model(text_model, seed=1)(tokens))

@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     from interpkit.probing.cli import add_parsers as add_probe_parsers
 
     # The probe commands load their model themselves, without a device map: no --device-map there.
-    add_probe_parsers(sub, lambda p: with_model(p, device_map=False))
+    add_probe_parsers(sub, with_model)
     return parser
 
 

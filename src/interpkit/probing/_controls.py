@@ -226,16 +226,23 @@ def random_init_model(model: Model, seed: int = 0) -> Model:
     from interpkit.models._load import wrap_hf_model
 
     spec = f"{model.spec} (random init, seed {seed})"
+    placed = model.info.get("device_map")  # a model split over devices: the copy is split the same way
     fields = model.info.get("bridge_config")
     if fields:
         fresh = boot_native(fields, seed=seed, spec=spec)
-        return fresh.to(device=model.device, dtype=model.dtype)
-    hf = getattr(model.bridge, "original_model", None)
-    if hf is None or not hasattr(hf, "config"):
-        raise ProbeError(f"cannot build a random-init copy of {model.spec!r}: it is neither native nor a HF model")
-    torch.manual_seed(seed)
-    fresh_hf = type(hf)(copy.deepcopy(hf.config)).to(device=model.device, dtype=model.dtype).eval()
-    return wrap_hf_model(fresh_hf, model.tokenizer, spec=spec)
+        fresh.to(device=None if placed else model.device, dtype=model.dtype)
+    else:
+        hf = getattr(model.bridge, "original_model", None)
+        if hf is None or not hasattr(hf, "config"):
+            raise ProbeError(f"cannot build a random-init copy of {model.spec!r}: it is neither native nor a HF model")
+        torch.manual_seed(seed)
+        fresh_hf = type(hf)(copy.deepcopy(hf.config)).to(dtype=model.dtype).eval()
+        fresh = wrap_hf_model(fresh_hf if placed else fresh_hf.to(model.device), model.tokenizer, spec=spec)
+    if placed:
+        from interpkit.models._device_map import dispatch
+
+        dispatch(fresh, placed)
+    return fresh
 
 
 def random_init_control(

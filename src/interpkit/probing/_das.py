@@ -131,9 +131,9 @@ def _interchange(spec: SiteSpec, direction: torch.Tensor, sources: torch.Tensor)
     from interpkit.probing._intervene import Edit
 
     def fn(x: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        u = direction / direction.norm().clamp_min(1e-12)
-        src = sources[item].to(x.dtype)
-        return x + ((src - x) @ u.to(x.dtype))[:, None] * u.to(x.dtype)[None]
+        u = (direction / direction.norm().clamp_min(1e-12)).to(x.device, x.dtype)  # the edited layer's device
+        src = sources[item.to(sources.device)].to(x.device, x.dtype)
+        return x + ((src - x) @ u)[:, None] * u[None]
 
     return Edit(spec, fn)
 

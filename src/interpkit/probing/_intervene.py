@@ -116,13 +116,13 @@ def run_items(
             def reader(
                 act: torch.Tensor, hook: Any, b: torch.Tensor = b, p: torch.Tensor = p, kept: dict = kept
             ) -> None:
-                kept["x"] = read.read(act)[b, p].float()
+                kept["x"] = read.read(act)[b.to(act.device), p.to(act.device)].float().to(b.device)
 
             fwd.append((read.hook, reader))
         answer_pos = task.answer_pos[ex]
 
         def final_in(act: torch.Tensor, hook: Any, kept: dict = kept, answer_pos: torch.Tensor = answer_pos) -> None:
-            kept["final"] = act[torch.arange(act.shape[0], device=act.device), answer_pos]
+            kept["final"] = act[torch.arange(act.shape[0], device=act.device), answer_pos.to(act.device)]
             raise _Done  # the unembedding of every position is not needed: only the answer position's
 
         if unembed is not None:
@@ -134,7 +134,7 @@ def run_items(
             else:
                 with contextlib.suppress(_Done):
                     model(tokens, attention_mask=mask)
-                final = kept["final"] @ unembed[0] + unembed[1]
+                final = (kept["final"] @ unembed[0] + unembed[1]).to(tokens.device)
             if targets is None:
                 values.append(fn_metric(final, task.answer[ex], task.wrong[ex], None))
             else:
@@ -218,7 +218,7 @@ def project_out(basis: torch.Tensor) -> EditFn:
     """Edit removing the span of the orthonormal ``basis (d, r)`` (the probe's readout subspace)."""
 
     def fn(x: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        u = basis.to(x.dtype)
+        u = basis.to(x.device, x.dtype)  # the edited layer's device (a model split by device_map)
         return x - (x @ u) @ u.T
 
     return fn
@@ -228,6 +228,6 @@ def add_vector(vector: torch.Tensor) -> EditFn:
     """Edit adding ``vector (d,)`` (steering)."""
 
     def fn(x: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        return x + vector.to(x.dtype)
+        return x + vector.to(x.device, x.dtype)
 
     return fn

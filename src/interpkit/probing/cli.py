@@ -127,6 +127,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_probe_collect(args: argparse.Namespace) -> int:
     from interpkit.models import load_model
+    from interpkit.models._device_map import parse_device_map
     from interpkit.probing._dataset import collect
 
     rows = []
@@ -143,7 +144,8 @@ def cmd_probe_collect(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise ProbeError(f"{args.data}: lines {missing[:5]} lack a 'text' (or 'ids') or a 'label' field")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    device_map = parse_device_map(getattr(args, "device_map", None))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=device_map)
     with_answers = all("answer" in r and "wrong" in r for r in rows)
     ds = collect(
         model,
