@@ -278,13 +278,29 @@ def sweep(
     batcher = Batcher(group.min_int(rows))
     chunks = [(seg, a, min(n, a + batcher.rows)) for seg, n in enumerate(sizes) for a in range(0, n, batcher.rows)]
     error: BaseException | None = None
+    mine = share(group, chunks)
+    bar = _bar(mine, group.rank)
     try:
-        for seg, a, b in share(group, chunks):
+        for seg, a, b in mine:
             batcher.run(a, b, lambda start, stop, seg=seg: run(seg, start, stop))
+            if bar is not None:
+                bar.update(b - a)
     except BaseException as exc:
         error = exc
+    finally:
+        if bar is not None:
+            bar.close()
     group.agree(error)
     return batcher
+
+
+def _bar(chunks: list[tuple[int, int, int]], rank: int) -> Any:
+    """A progress bar in rows for a sweep of several chunks, on rank 0 (``TQDM_DISABLE=1`` hides it)."""
+    if len(chunks) < 2 or rank != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=sum(b - a for _, a, b in chunks), desc="patching", unit="row", leave=False, mininterval=1.0)
 
 
 def _empty_cache() -> None:
