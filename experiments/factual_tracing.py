@@ -1,7 +1,7 @@
 """Causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", section 2.1).
 
 Usage:
-    .venv/bin/python experiments/factual_tracing.py                        # embedded model, 4 facts (over 20 min, 2-core CPU)
+    .venv/bin/python experiments/factual_tracing.py                        # embedded model, 4 facts (13 min, 1 thread of a 2-core CPU)
     .venv/bin/python experiments/factual_tracing.py --n 8 --samples 5 --window 10
     .venv/bin/python experiments/factual_tracing.py --facts my_facts.jsonl  # {"subject", "relation", "object"} lines
 

@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python experiments/induction_heads.py                          # toy-induction (seconds)
-    .venv/bin/python experiments/induction_heads.py --model smollm2-135m     # embedded model (over 20 min on a 2-core CPU)
+    .venv/bin/python experiments/induction_heads.py --model smollm2-135m     # embedded model (16 min, 1 thread of a 2-core CPU)
     .venv/bin/python experiments/induction_heads.py --ablation zero --n 64 --out runs/induction_zero
 
 Olsson et al. 2022, "In-context Learning and Induction Heads": on ``[A][B] ... [A]`` an induction
