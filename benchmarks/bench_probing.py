@@ -122,10 +122,17 @@ def main() -> None:
     parser.add_argument("--cache", default="runs/bench_probing/dataset")
     parser.add_argument("--out", default="runs/bench_probing")
     args = parser.parse_args()
-    from threadpoolctl import threadpool_limits
+    # scikit-learn's OpenMP and scipy's own OpenBLAS load with their modules: import them first, or
+    # the limit misses them and they run one thread per core (on a busy machine, several times slower)
+    import scipy.optimize  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
+    unpinned = [i["filepath"] for i in threadpool_info() if i["num_threads"] != args.threads]
+    if unpinned:
+        raise SystemExit(f"thread pools not pinned to {args.threads}: {unpinned}")
     print(f"torch threads: {torch.get_num_threads()} (numpy / scikit-learn BLAS pinned to {args.threads})")
     ds, collect_s = dataset(args)
     print(ds, f"(collected in {collect_s:.1f} s)" if collect_s else "(from cache)")
