@@ -113,6 +113,24 @@ def ours_every_strength(ds: ProbeDataset) -> list[list[float]]:
     return ((z > 0).long() == ds.y[te]).float().mean(-1).tolist()
 
 
+def pin_threads(threads: int) -> None:
+    """Pin torch's, numpy's, scipy's and scikit-learn's thread pools to ``threads``; exit if one escapes.
+
+    scikit-learn's OpenMP and scipy's own OpenBLAS load with their modules, so they are imported
+    first: a limit set before would miss them, and they would run a thread per core (on a busy
+    machine, several times slower than one).
+    """
+    import scipy.optimize  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    unpinned = [i["filepath"] for i in threadpool_info() if i["num_threads"] != threads]
+    if unpinned:
+        raise SystemExit(f"thread pools not pinned to {threads}: {unpinned}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -122,17 +140,7 @@ def main() -> None:
     parser.add_argument("--cache", default="runs/bench_probing/dataset")
     parser.add_argument("--out", default="runs/bench_probing")
     args = parser.parse_args()
-    # scikit-learn's OpenMP and scipy's own OpenBLAS load with their modules: import them first, or
-    # the limit misses them and they run one thread per core (on a busy machine, several times slower)
-    import scipy.optimize  # noqa: F401
-    import sklearn.linear_model  # noqa: F401
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)
-    unpinned = [i["filepath"] for i in threadpool_info() if i["num_threads"] != args.threads]
-    if unpinned:
-        raise SystemExit(f"thread pools not pinned to {args.threads}: {unpinned}")
+    pin_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()} (numpy / scikit-learn BLAS pinned to {args.threads})")
     ds, collect_s = dataset(args)
     print(ds, f"(collected in {collect_s:.1f} s)" if collect_s else "(from cache)")

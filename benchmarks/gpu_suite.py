@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import resource
 import statistics
@@ -310,6 +311,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the slow peers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if importlib.util.find_spec("sklearn") is not None:  # its peer row: every pool pinned alike
+        import bench_probing as probing_script
+
+        probing_script.pin_threads(args.threads)
     device = torch.device(args.device)
     what = args.only or ["patching", "cache", "probing", "attribution", "multi-gpu"]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
