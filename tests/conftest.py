@@ -9,7 +9,7 @@ import torch
 
 from interpkit.models import Model, boot_native, load_model
 from interpkit.models._load import wrap_hf_model
-from tiny_models import tiny_gpt2_hf, tiny_llama_hf
+from tiny_models import NATIVE_TINY, tiny_gpt2_hf, tiny_llama_hf
 
 # Tiny models run ~10x faster on one thread than on two contended ones; integration tests on the
 # embedded model lose little by it.
@@ -44,18 +44,7 @@ def tiny_gpt2(tiny_gpt2_pair) -> Model:
 
 @pytest.fixture(scope="session")
 def native_tiny() -> Model:
-    fields = {
-        "d_model": 32,
-        "d_head": 8,
-        "n_layers": 2,
-        "n_ctx": 32,
-        "n_heads": 4,
-        "d_vocab": 61,
-        "d_mlp": 64,
-        "act_fn": "gelu",
-        "normalization_type": "LN",
-    }
-    return boot_native(fields, seed=0, spec="native-tiny")
+    return boot_native(NATIVE_TINY, seed=0, spec="native-tiny")
 
 
 @pytest.fixture(scope="session")

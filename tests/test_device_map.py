@@ -28,19 +28,7 @@ from interpkit.models._device_map import (
 )
 from interpkit.models._load import wrap_hf_model
 from interpkit.patching._suffix import SuffixRunner
-from tiny_models import random_task, tiny_llama_hf
-
-NATIVE = {
-    "d_model": 32,
-    "d_head": 8,
-    "n_layers": 2,
-    "n_ctx": 32,
-    "n_heads": 4,
-    "d_vocab": 61,
-    "d_mlp": 64,
-    "act_fn": "gelu",
-    "normalization_type": "LN",
-}
+from tiny_models import NATIVE_TINY, random_task, tiny_llama_hf
 
 
 def _fresh_llama():
@@ -160,7 +148,7 @@ def test_block_split_over_three_devices_equals_plain():
 
 
 def test_native_and_hf_directories_with_a_device_map(tmp_path):
-    native = save_native(boot_native(NATIVE, seed=0), tmp_path / "native")
+    native = save_native(boot_native(NATIVE_TINY, seed=0), tmp_path / "native")
     plain, mapped = load_model(str(native)), load_model(str(native), device_map="cpu")
     assert mapped.info["device_map"] == {"": "cpu"} and "device_map" not in plain.info
     tokens = torch.randint(0, 61, (2, 7))

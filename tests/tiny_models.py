@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import torch
 
+# a native (boot_native) model's config: LayerNorm, 2 layers, 4 heads
+NATIVE_TINY = {
+    "d_model": 32,
+    "d_head": 8,
+    "n_layers": 2,
+    "n_ctx": 32,
+    "n_heads": 4,
+    "d_vocab": 61,
+    "d_mlp": 64,
+    "act_fn": "gelu",
+    "normalization_type": "LN",
+}
+
 
 def tiny_llama_hf(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
