@@ -17,15 +17,14 @@ from interpkit.errors import DeviceError
 from interpkit.models import boot_native, load_model, save_native
 from interpkit.models._device_map import (
     Layout,
-    _move_inputs,
     check_device_map,
-    dispatch,
     find_module,
     layout,
     resolve_plan,
     split_blocks,
     split_plan,
 )
+from interpkit.models._dispatch import _move_inputs, dispatch
 from interpkit.models._load import wrap_hf_model
 from interpkit.patching._suffix import SuffixRunner
 from tiny_models import NATIVE_TINY, random_task, tiny_llama_hf

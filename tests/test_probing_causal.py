@@ -228,7 +228,8 @@ def test_experiment_end_to_end_on_a_tiny_model(text_model, tmp_path, monkeypatch
 def test_causal_checks_on_a_model_split_by_device_map(text_model, number_ds, probes):
     # The CPU stands in for each device: the split path (hooks moving inputs, edits on each layer's
     # device, the random-init copy placed the same way) must give exactly the unsplit numbers.
-    from interpkit.models._device_map import dispatch, layout, split_plan
+    from interpkit.models._device_map import layout, split_plan
+    from interpkit.models._dispatch import dispatch
 
     split = tiny_text_model()
     dispatch(split, split_plan(layout(split.bridge.original_model, split.cfg.n_layers), ["cpu", "cpu"]))

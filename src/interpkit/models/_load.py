@@ -144,7 +144,8 @@ def _placement_kwargs(source: str, device_map: Any, dtype: Any) -> dict[str, Any
 
 def _placed(model: Model, hf_model: Any, requested: Any) -> Model:
     """Record where ``from_pretrained(device_map=requested)`` put the modules."""
-    from interpkit.models._device_map import check_hf_placement, hook_placed, record
+    from interpkit.models._device_map import check_hf_placement
+    from interpkit.models._dispatch import hook_placed, record
 
     realised = getattr(hf_model, "hf_device_map", None)
     if realised:  # set by accelerate's dispatch: only when the map has two devices or more
@@ -283,7 +284,7 @@ def load_model(spec: Any = "smollm2-135m", device: Any = None, dtype: Any = None
 
     model.to(device=resolve_device(device) if device is not None else None, dtype=None if placed else dtype)
     if device_map is not None and not placed:
-        from interpkit.models._device_map import dispatch
+        from interpkit.models._dispatch import dispatch
 
         dispatch(model, device_map)  # after the cast: fewer bytes to move
     model.bridge.eval()

@@ -307,7 +307,7 @@ class Model:
         if device is not None:
             target = resolve_device(device)
             if "device_map" in self.info:
-                from interpkit.models._device_map import undispatch
+                from interpkit.models._dispatch import undispatch
 
                 undispatch(self)
             self.bridge.to(target)

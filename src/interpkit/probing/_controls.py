@@ -239,7 +239,7 @@ def random_init_model(model: Model, seed: int = 0) -> Model:
         fresh_hf = type(hf)(copy.deepcopy(hf.config)).to(dtype=model.dtype).eval()
         fresh = wrap_hf_model(fresh_hf if placed else fresh_hf.to(model.device), model.tokenizer, spec=spec)
     if placed:
-        from interpkit.models._device_map import dispatch
+        from interpkit.models._dispatch import dispatch
 
         dispatch(fresh, placed)
     return fresh
