@@ -345,7 +345,15 @@ def choose_threads(requested: int) -> int:
 
 
 def main(cfg: DemoConfig) -> dict:
+    before = torch.get_num_threads()
     torch.set_num_threads(choose_threads(cfg.threads))
+    try:
+        return run(cfg)
+    finally:
+        torch.set_num_threads(before)  # called from other code (the tests), leave torch as it was
+
+
+def run(cfg: DemoConfig) -> dict:
     print(f"torch threads: {torch.get_num_threads()}")
     command = command_line("demo.main()")
     timings: dict[str, float] = {}

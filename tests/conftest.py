@@ -16,6 +16,15 @@ from tiny_models import NATIVE_TINY, tiny_gpt2_hf, tiny_llama_hf
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts on one thread: a test that ran code choosing threads (the demo's threads=0)
+    would otherwise change the kernels, and so the last bits, of every test after it."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_pair() -> tuple[Model, torch.nn.Module]:
     """A Llama-like model (RMSNorm, rotary, GQA 6 heads / 2 KV heads) and an untouched HF copy."""
