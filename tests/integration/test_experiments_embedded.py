@@ -19,7 +19,15 @@ pytestmark = pytest.mark.slow
 def test_demo_on_the_embedded_model(smollm2, tmp_path):
     script = load_script("demo")
     cfg = script.DemoConfig(
-        model=smollm2, n=4, n_induction=4, per_position=False, layers_per_step=30, out=str(tmp_path), threads=0
+        model=smollm2,
+        n=4,
+        n_induction=4,
+        per_position=False,
+        layers_per_step=30,
+        ig_steps=2,  # the circuit part, small: one size besides the empty and the full graph
+        circuit_fractions="0.02",
+        out=str(tmp_path),
+        threads=0,
     )
     report = script.main(cfg)
     ioi, induction = report["tasks"]["ioi"], report["tasks"]["induction"]
@@ -29,6 +37,9 @@ def test_demo_on_the_embedded_model(smollm2, tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["spec"]["weights_hash"]
     assert (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly embedded
     assert report["tasks"]["probe"]["best_accuracy"] > 0.85  # subject number is decodable at the last token
+    circ = report["tasks"]["ioi_circuit"]
+    assert circ["curve"]["0"] == 0.0 and circ["curve"][str(circ["n_edges_graph"])] == 1.0
+    assert circ["n_edges_graph"] > 50_000 and 0 < circ["circuit_edges"] <= circ["circuit_top_k"]
 
 
 def test_causal_tracing_on_the_embedded_model(smollm2, tmp_path):
