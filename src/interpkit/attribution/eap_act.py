@@ -23,8 +23,9 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from interpkit.attribution._endpoints import split_inputs
 from interpkit.attribution.atp import grad_rows, no_gradient
-from interpkit.attribution.eap import _projected_receivers, _receiver_names, input_gradient, split_inputs
+from interpkit.attribution.eap import _projected_receivers, _receiver_names, input_gradient
 from interpkit.metrics import get as get_metric
 from interpkit.patching._engine import forward_final, run_chunked
 

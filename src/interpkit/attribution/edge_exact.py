@@ -22,7 +22,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution.eap import _projected_receivers, _sender_names, sender_outputs, split_inputs
+from interpkit.attribution._endpoints import _sender_names, sender_outputs, split_inputs
+from interpkit.attribution.eap import _projected_receivers
 from interpkit.metrics import get as get_metric
 from interpkit.patching._engine import auto_rows, capture, forward_final, run_chunked
 

@@ -37,7 +37,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution.eap import _sender_names, sender_outputs, split_inputs, supports_split_inputs
+from interpkit.attribution._endpoints import _sender_names, sender_outputs, split_inputs, supports_split_inputs
 from interpkit.attribution.graph import build_graph
 from interpkit.circuits._errors import CircuitError
 from interpkit.metrics import final_logits
