@@ -58,19 +58,25 @@ class LogisticLoss:
 
         y = self.Y[None, :, None, None, :]
         if self.n_out == 1:
-            yf = y.to(z.dtype)
-            loss = torch.nn.functional.softplus(z) - yf * z
-            dz = torch.sigmoid(z) - yf
+            dz = torch.sigmoid(z) - y.to(z.dtype)
+        else:
+            dz = torch.softmax(z, 3)
+            dz.scatter_add_(3, y.expand(*z.shape[:3], 1, z.shape[-1]), -torch.ones_like(dz[:, :, :, :1]))
+        body = theta[..., :-1]
+        loss = self.data_loss(z) + 0.5 * self.pen * (body * body).sum((3, 4), keepdim=True)
+        return loss, dz * self.weights
+
+    def data_loss(self, z: torch.Tensor) -> torch.Tensor:
+        """The weighted cross-entropy ``(S, R, K, 1, 1)`` of scores ``z``, without the penalty or a derivative."""
+        import torch
+
+        y = self.Y[None, :, None, None, :]
+        if self.n_out == 1:
+            loss = torch.nn.functional.softplus(z) - y.to(z.dtype) * z
         else:
             idx = y.expand(*z.shape[:3], 1, z.shape[-1])
             loss = torch.logsumexp(z, 3, keepdim=True) - z.gather(3, idx)
-            dz = torch.softmax(z, 3)
-            dz.scatter_add_(3, idx, -torch.ones_like(dz[:, :, :, :1]))
-        body = theta[..., :-1]
-        loss = (loss * self.weights).sum((3, 4), keepdim=True) + 0.5 * self.pen * (body * body).sum(
-            (3, 4), keepdim=True
-        )
-        return loss, dz * self.weights
+        return (loss * self.weights).sum((3, 4), keepdim=True)
 
     def _at(self, theta: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
@@ -101,11 +107,15 @@ class Ray:
     ):
         self.loss_fn, self.theta, self.direction, self.z, self.zd = loss, theta, direction, z, zd
         body, step = theta[..., :-1], direction[..., :-1]
-        self._pen = [(a * b).sum((3, 4), keepdim=True) for a, b in ((body, step), (step, step))]
+        # ||body + t step||^2 = bb + 2 t bs + t^2 ss: the penalty along the ray from three numbers per problem
+        self._bb, *self._pen = [
+            (a * b).sum((3, 4), keepdim=True) for a, b in ((body, body), (body, step), (step, step))
+        ]
 
     def loss(self, t: torch.Tensor) -> torch.Tensor:
         """The loss at step ``t`` (elementwise work only)."""
-        return self.loss_fn._loss_and_dz(self.z + t * self.zd, self.theta + t * self.direction)[0]
+        penalty = self._bb + t * (2 * self._pen[0] + t * self._pen[1])
+        return self.loss_fn.data_loss(self.z + t * self.zd) + 0.5 * self.loss_fn.pen * penalty
 
     def slopes(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """First and second derivatives of the loss in ``t`` at ``t``."""
