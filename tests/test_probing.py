@@ -175,7 +175,7 @@ def _reference_logistic(X, y, l2):
     return closure().item()
 
 
-@pytest.mark.parametrize("n, d", [(240, 12), (50, 40)])  # more rows than features, and fewer (kernel path)
+@pytest.mark.parametrize("n, d", [(240, 12), (50, 40), (300, 120)])  # fewer rows than features; more than the rank
 def test_batched_logistic_matches_a_literal_reference_per_site_and_strength(n, d):
     ds = planted(n=n, d=d)
     tr, va = ds.rows("train"), ds.rows("val")
@@ -191,6 +191,46 @@ def test_batched_logistic_matches_a_literal_reference_per_site_and_strength(n, d
             w_std = (w * scale).double()  # the same weights on standardised features
             ours = torch.nn.functional.binary_cross_entropy_with_logits(z, y.double()) + 0.5 * l2 * (w_std @ w_std)
             assert float(ours) == pytest.approx(_reference_logistic(X, y, l2), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("n, d", [(400, 30), (12, 30)])  # full rank, and a rank (11) below the sketch's width
+def test_top_axes_approximate_the_covariance_eigenpairs_from_below(n, d):
+    from interpkit.probing._fit import _top_axes
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(2, d, n, generator=gen, dtype=torch.float64) * torch.logspace(1, -2, d)[None, :, None]
+    A = A - A.mean(-1, keepdim=True)
+    V, evals = _top_axes(A, rank=6, oversample=10)
+    exact, U = torch.linalg.eigh(A @ A.transpose(1, 2) / n)
+    exact, U = exact.flip(-1)[:, :6], U.flip(-1)[:, :, :6]  # descending
+    order = evals.argsort(-1, descending=True)
+    evals, V = evals.gather(1, order), V.gather(2, order[:, None].expand_as(V))
+    # a Nystrom approximation never exceeds the covariance; with rank below the width it is exact
+    assert bool((evals <= exact * (1 + 1e-9)).all())
+    assert torch.allclose(evals, exact, rtol=1e-6 if n < 16 else 0.05)
+    overlap = (V.transpose(1, 2) @ U).diagonal(dim1=1, dim2=2).abs()
+    assert bool((overlap[:, :3] > 0.99).all()) and torch.allclose(V.transpose(1, 2) @ V, torch.eye(6).double())
+
+
+def test_curvature_bound_is_the_inverse_of_the_bounded_hessian():
+    from interpkit.probing._logistic import CurvatureBound
+
+    gen = torch.Generator().manual_seed(1)
+    S, D, r = 2, 7, 3
+    V = torch.linalg.qr(torch.randn(S, D, r, generator=gen, dtype=torch.float64)).Q
+    evals = torch.tensor([[4.0, 2.0, 1.0], [9.0, 0.5, 0.25]], dtype=torch.float64)
+    pen = torch.tensor([0.0, 0.1], dtype=torch.float64).view(1, 1, 2, 1, 1)
+    pre = CurvatureBound(V, evals, 0.25, pen)
+    v = torch.randn(S, 1, 2, 1, D + 1, generator=gen, dtype=torch.float64)
+    out = pre(v)
+    for s in range(S):
+        low = evals[s].min()  # every axis outside V gets the smallest kept eigenvalue
+        sigma = V[s] @ torch.diag(evals[s] - low) @ V[s].T + low * torch.eye(D, dtype=torch.float64)
+        for k in range(2):
+            H = 0.25 * sigma + pen[0, 0, k, 0, 0] * torch.eye(D, dtype=torch.float64)
+            assert torch.allclose(out[s, 0, k, 0, :D], torch.linalg.solve(H, v[s, 0, k, 0, :D]))
+            assert torch.allclose(out[s, 0, k, 0, D], v[s, 0, k, 0, D] / 0.25)  # the bias
+    assert torch.equal(pre.restrict(torch.tensor([1]))(v[1:]), out[1:])
 
 
 @pytest.mark.parametrize("n_out", [1, 3])

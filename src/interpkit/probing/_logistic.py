@@ -141,3 +141,37 @@ class Ray:
         theta = self.theta + t * self.direction
         loss, grad = self.loss_fn._at(theta, self.z + t * self.zd)
         return theta, loss, grad
+
+
+class CurvatureBound:
+    """``(bound * Sigma + l2 I)^-1`` for every problem, with ``Sigma`` known on its top axes only.
+
+    The Hessian of the mean cross-entropy is at most ``bound * Sigma`` (Bohning 1992: ``bound =
+    1/4`` for one logit, ``1/2`` for a softmax), ``Sigma`` the features' covariance. On its top
+    ``r`` axes ``V (S, D, r)`` with eigenvalues ``evals (S, r)`` the inverse is exact; every other
+    axis gets the smallest of those eigenvalues, which is at least its own, so the bound stays a
+    bound (a tail at the mean eigenvalue took a third more L-BFGS iterations on the embedded model).
+    Applying it costs two products with ``V``, against one with the data for an objective
+    evaluation. The bias (the last parameter; the features are centred, so it is orthogonal to
+    them) gets ``1 / bound``.
+    """
+
+    def __init__(self, axes: torch.Tensor, evals: torch.Tensor, bound: float, pen: torch.Tensor):
+        self.axes, self.bound = axes, bound
+        # clamped: with no penalty a direction the rows never move has no curvature at all
+        self.tail = 1.0 / (bound * evals.amin(-1)[:, None, None, None, None] + pen).clamp_min(1e-8)  # (S, 1, K, 1, 1)
+        self.extra = 1.0 / (bound * evals[:, None, None, None, :] + pen).clamp_min(1e-8) - self.tail  # (S, 1, K, 1, r)
+
+    def restrict(self, index: torch.Tensor) -> CurvatureBound:
+        out = object.__new__(CurvatureBound)
+        out.axes, out.bound, out.tail, out.extra = self.axes[index], self.bound, self.tail[index], self.extra[index]
+        return out
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        s, R, K, C, P = v.shape
+        w = v[..., :-1]
+        coef = torch.bmm(w.reshape(s, R * K * C, P - 1), self.axes).view(s, R, K, C, -1) * self.extra
+        top = torch.bmm(coef.view(s, R * K * C, -1), self.axes.transpose(1, 2)).view(s, R, K, C, P - 1)
+        return torch.cat([w * self.tail + top, v[..., -1:] / self.bound], -1)

@@ -13,7 +13,9 @@ recursion) with a backtracking Armijo line search; curvature pairs with ``s.y <=
 An objective that can give its values along a line cheaply (a ``ray(x, d)`` method, as the
 logistic probes' :class:`~interpkit.probing._logistic.LogisticLoss` has) gets a line search on
 that line instead: one Newton step towards the line's minimum, then backtracking, with no
-evaluation of the full objective until the step is chosen.
+evaluation of the full objective until the step is chosen. The initial inverse Hessian is a
+:class:`Preconditioner`: a diagonal tensor, or any operator that can be restricted to some groups
+(the logistic probes use a low-rank one, :class:`~interpkit.probing._logistic.CurvatureBound`).
 
     >>> import torch
     >>> from interpkit.probing._optim import lbfgs
@@ -36,6 +38,26 @@ Objective = Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
 NEWTON_STEPS = 1  # line-search refinements when the objective offers a ray (free: elementwise work)
 
 
+class Preconditioner(Protocol):
+    """A positive definite initial inverse Hessian for every problem, applied to tensors shaped like ``x``."""
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor: ...
+    def restrict(self, index: torch.Tensor) -> Preconditioner: ...
+
+
+class Diagonal:
+    """The preconditioner ``v * diag`` (``diag`` broadcastable to the parameters, positive)."""
+
+    def __init__(self, diag: torch.Tensor):
+        self.diag = diag
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return v * self.diag
+
+    def restrict(self, index: torch.Tensor) -> Diagonal:
+        return Diagonal(self.diag[index]) if self.diag.dim() and self.diag.shape[0] > 1 else self
+
+
 class Ray(Protocol):
     """The objective along a line from the current point, as :meth:`LogisticLoss.ray` gives it."""
 
@@ -53,7 +75,7 @@ def lbfgs(
     tol: float = 1e-4,
     ftol: float = 1e-9,
     max_backtracks: int = 30,
-    precondition: torch.Tensor | None = None,
+    precondition: torch.Tensor | Preconditioner | None = None,
     restrict: Callable[[torch.Tensor], Objective] | None = None,
 ) -> torch.Tensor:
     """Minimise every problem in ``x0`` at once; returns the solutions (same shape as ``x0``).
@@ -61,8 +83,9 @@ def lbfgs(
     ``fun(x)`` returns the losses, shaped like ``x`` with size 1 on ``param_dims``, and the
     gradient, shaped like ``x``. A problem stops when its largest gradient entry is below
     ``tol``, its loss changes by less than ``ftol`` relative, or its line search fails.
-    ``precondition`` (broadcastable to ``x``, positive) is a diagonal initial inverse Hessian,
-    rescaled at each step by ``s.y / y.P.y`` as L-BFGS rescales the identity. ``restrict(index)``
+    ``precondition`` is the initial inverse Hessian ``P``: a positive tensor broadcastable to ``x``
+    (a diagonal) or a :class:`Preconditioner`; it is rescaled at each step by ``s.y / y.P.y`` as
+    L-BFGS rescales the identity. ``restrict(index)``
     returns the objective over the groups ``index`` of the first axis (``0 not in param_dims``).
     """
     import torch
@@ -80,7 +103,10 @@ def lbfgs(
     active = g.abs().amax(dims, keepdim=True) > tol
     hist: list[list[torch.Tensor]] = []  # [s, y, rho] per stored pair
     gamma = torch.ones_like(f)
-    diag = torch.ones_like(x) if precondition is None else precondition.expand_as(x).clone()
+    if precondition is None or isinstance(precondition, torch.Tensor):
+        pre: Preconditioner = Diagonal(torch.ones((), device=x0.device) if precondition is None else precondition)
+    else:
+        pre = precondition
     for it in range(max_iter):
         if not bool(active.any()):
             break
@@ -90,14 +116,14 @@ def lbfgs(
             a = rho * dot(s, q)
             q -= a * y
             alphas.append(a)
-        q *= gamma * diag
+        q = gamma * pre(q)
         for (s, y, rho), a in zip(hist, reversed(alphas), strict=True):
             q += s * (a - rho * dot(y, q))
         d = -q
         gd = dot(g, d)
         uphill = gd >= 0
         if bool(uphill.any()):
-            d = torch.where(uphill, -g * diag, d)
+            d = torch.where(uphill, -pre(g), d)
             gd = dot(g, d)
         d = d * active
         gd = gd * active
@@ -130,7 +156,7 @@ def lbfgs(
         sy = dot(step, dg)
         curved = sy > 1e-10
         rho = torch.where(curved, 1.0 / sy.clamp_min(1e-10), torch.zeros_like(sy))
-        gamma = torch.where(curved, sy / dot(dg * diag, dg).clamp_min(1e-20), gamma)
+        gamma = torch.where(curved, sy / dot(pre(dg), dg).clamp_min(1e-20), gamma)
         hist.append([step * curved, dg * curved, rho])
         if len(hist) > history:
             hist.pop(0)
@@ -141,7 +167,8 @@ def lbfgs(
             out[keep] = x
             sel = torch.nonzero(live)[:, 0]
             keep = keep[sel]
-            x, f, g, gamma, active, diag = (t_[sel] for t_ in (x, f, g, gamma, active, diag))
+            x, f, g, gamma, active = (t_[sel] for t_ in (x, f, g, gamma, active))
+            pre = pre.restrict(sel)
             hist = [[h[sel] for h in pair] for pair in hist]
             fun = restrict(keep)
     out[keep] = x
