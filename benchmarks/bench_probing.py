@@ -1,7 +1,7 @@
 """Benchmark: interpkit's batched logistic probes on every layer against scikit-learn, same run.
 
 Usage:
-    python benchmarks/bench_probing.py [--threads 1] [--n 3000] [--model smollm2-135m]
+    python benchmarks/bench_probing.py [--threads 1] [--n 3000] [--repeats 3] [--model smollm2-135m]
                                        [--cache runs/bench_probing/dataset] [--out runs/bench_probing]
 
 Data: ``--n`` subject-number sentences generated from ``experiments/data/subject_number_vocab.json``
@@ -20,6 +20,7 @@ solvers' agreement, free of the selection step).
   per layer per strength. Also timed: one fit per layer at the strength interpkit chose (what
   scikit-learn would cost if it were told the answer).
 
+Times are the median of ``--repeats`` runs on each side (after one warm-up fit of one layer).
 Pass criteria (from the issue): >= 5x faster than the scikit-learn grid, test accuracy within
 1 point on every layer. Torch, numpy and scikit-learn threads are pinned to ``--threads``.
 scikit-learn is needed here only (``pip install scikit-learn``); interpkit does not depend on it.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -113,6 +115,10 @@ def ours_every_strength(ds: ProbeDataset) -> list[list[float]]:
     return ((z > 0).long() == ds.y[te]).float().mean(-1).tolist()
 
 
+def _runs(times: list[float]) -> str:
+    return "(median of " + ", ".join(f"{t:.2f}" for t in times) + ")"
+
+
 def pin_threads(threads: int) -> None:
     """Pin torch's, numpy's, scipy's and scikit-learn's thread pools to ``threads``; exit if one escapes.
 
@@ -136,6 +142,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--cache", default="runs/bench_probing/dataset")
     parser.add_argument("--out", default="runs/bench_probing")
@@ -146,16 +153,23 @@ def main() -> None:
     print(ds, f"(collected in {collect_s:.1f} s)" if collect_s else "(from cache)")
 
     fit_probes(ds.select_sites(ds.sites[:1]), "logistic")  # warm-up: first-call costs of torch kernels
-    start = time.perf_counter()
-    probes = fit_probes(ds, "logistic")
-    ours_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        probes = fit_probes(ds, "logistic")
+        times.append(time.perf_counter() - start)
+    ours_s = statistics.median(times)
     values, _, _ = evaluate(probes, ds, "test")
     ours = values[:, 0].tolist()
     grid = probes.l2_grid.tolist()
-    print(f"interpkit: {ours_s:.2f} s for {len(ds.sites)} layers x {len(grid)} strengths", flush=True)
+    print(f"interpkit: {ours_s:.2f} s for {len(ds.sites)} layers x {len(grid)} strengths {_runs(times)}", flush=True)
 
-    sk_s, sk, sk_chosen, sk_every = sklearn_grid(ds, grid)
-    print(f"scikit-learn grid: {sk_s:.2f} s", flush=True)
+    sk_times = []
+    for _ in range(args.repeats):
+        seconds, sk, sk_chosen, sk_every = sklearn_grid(ds, grid)
+        sk_times.append(seconds)
+    sk_s = statistics.median(sk_times)
+    print(f"scikit-learn grid: {sk_s:.2f} s {_runs(sk_times)}", flush=True)
     sk1_s, _, _, _ = sklearn_grid(ds, grid, only=probes.l2.tolist())
     print(f"scikit-learn at interpkit's chosen strengths only: {sk1_s:.2f} s", flush=True)
     every = ours_every_strength(ds)
@@ -177,7 +191,9 @@ def main() -> None:
         "sites": ds.sites,
         "l2_grid": grid,
         "interpkit_s": round(ours_s, 3),
+        "interpkit_runs_s": [round(t, 3) for t in times],
         "sklearn_grid_s": round(sk_s, 3),
+        "sklearn_grid_runs_s": [round(t, 3) for t in sk_times],
         "sklearn_one_strength_s": round(sk1_s, 3),
         "speedup": round(speedup, 2),
         "interpkit_acc": ours,

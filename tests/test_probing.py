@@ -282,12 +282,35 @@ def test_lbfgs_with_a_ray_reaches_the_same_minimum_as_plain_evaluations():
     )
     Y = (xbt[0, 0] + 0.3 * torch.randn(N, generator=gen) > 0).long()[None]
     weights = torch.full((1, 1, 1, 1, N), 1.0 / N)
-    loss = LogisticLoss(xbt, Y, weights, torch.tensor([1e-3, 1e-1]).view(1, 1, 2, 1, 1), 1)
+
+    def loss():  # a loss owns its data: restricting it to the unfinished sites moves them in place
+        return LogisticLoss(xbt.clone(), Y, weights, torch.tensor([1e-3, 1e-1]).view(1, 1, 2, 1, 1), 1)
+
     x0 = torch.zeros(S, 1, 2, 1, P)
-    fast = lbfgs(loss, x0, (3, 4), tol=1e-6)
-    plain = lbfgs(lambda x: loss(x), x0, (3, 4), tol=1e-6)  # a bare function: no ray, trial evaluations
-    assert torch.allclose(loss(fast)[0], loss(plain)[0], rtol=1e-5)
-    assert loss(fast)[1].abs().max() < 1e-4  # float32: the relative loss change (ftol) stops it first
+    fast = lbfgs(loss(), x0, (3, 4), tol=1e-6)
+    plain_loss = loss()
+    plain = lbfgs(lambda x: plain_loss(x), x0, (3, 4), tol=1e-6)  # a bare function: no ray, no restriction
+    assert torch.allclose(loss()(fast)[0], loss()(plain)[0], rtol=1e-5)
+    assert loss()(fast)[1].abs().max() < 1e-4  # float32: the relative loss change (ftol) stops it first
+
+
+def test_restricting_a_loss_moves_the_kept_sites_to_the_front():
+    from interpkit.probing._logistic import LogisticLoss
+
+    gen = torch.Generator().manual_seed(4)
+    S, N, P = 5, 30, 4
+    xbt = torch.randn(S, P, N, generator=gen)
+    Y = torch.randint(0, 2, (1, N), generator=gen)
+    weights = torch.full((1, 1, 1, 1, N), 1.0 / N)
+    theta = torch.randn(S, 1, 1, 1, P, generator=gen)
+    expected = LogisticLoss(xbt.clone(), Y, weights, torch.zeros(1, 1, 1, 1, 1), 1)(theta)
+    loss = LogisticLoss(xbt.clone(), Y, weights, torch.zeros(1, 1, 1, 1, 1), 1)
+    keep = torch.tensor([1, 3, 4])
+    rest = loss.restrict(keep)
+    assert torch.equal(rest.xbt, xbt[keep])
+    f, g = rest(theta[keep])
+    assert torch.allclose(f, expected[0][keep]) and torch.allclose(g, expected[1][keep])
+    assert torch.equal(rest.restrict(torch.tensor([2])).xbt, xbt[4:])  # positions among the sites it holds
 
 
 def test_multinomial_logistic_on_three_classes(native_tiny):

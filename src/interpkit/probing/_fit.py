@@ -235,9 +235,7 @@ def fit_logistic(
     loss = LogisticLoss(xbt, Y, _row_weights(Y, weights)[None, :, None, None, :], pen, C)
     pre = CurvatureBound(axes, evals, 0.25 if C == 1 else 0.5, pen)
     theta0 = torch.zeros((S, R, K, C, D + 1), dtype=X.dtype, device=X.device)
-    theta = lbfgs(
-        loss, theta0, (3, 4), max_iter=max_iter, tol=tol, history=history, precondition=pre, restrict=loss.restrict
-    )
+    theta = lbfgs(loss, theta0, (3, 4), max_iter=max_iter, tol=tol, history=history, precondition=pre)
     body, bias = _unscale(mean, scale, theta)
     return _pick(body, bias, grid, _val_score(body, bias, Xv, Yv))
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 class LogisticLoss:
     """Mean (row-weighted) cross-entropy plus ``pen / 2 * ||theta[..., :-1]||^2`` for every problem.
 
-    ``xbt (S, P, N)``: features, transposed, with the bias last; ``Y (R, N)``: class labels per
+    ``xbt (S, P, N)``: features, transposed, with the bias last (the loss owns it: :meth:`restrict`
+    moves its sites); ``Y (R, N)``: class labels per
     replicate; ``weights (1, R, 1, 1, N)``: row weights summing to 1 per replicate; ``pen
     (1, 1, K, 1, 1)``: L2 strengths; ``n_out``: 1 (one logit, two classes) or the number of classes.
     Parameters are ``theta (S, R, K, n_out, P)``; losses come back as ``(S, R, K, 1, 1)``.
@@ -42,8 +43,17 @@ class LogisticLoss:
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (theta, its scores)
 
     def restrict(self, index: torch.Tensor) -> LogisticLoss:
-        """The same loss over the sites ``index`` only (for problems still being solved)."""
-        return LogisticLoss(self.xbt[index], self.Y, self.weights, self.pen, self.n_out)
+        """The same loss over the sites ``index`` (ascending positions among those it holds) only.
+
+        Their data moves to the front of this loss's own buffer, in place: a fresh copy would
+        cost as much again in page faults as in copying, and this loss is not used afterwards.
+        """
+        for slot, site in enumerate(index.tolist()):
+            if slot != site:  # slot < site, and every later site is past it: nothing is overwritten unread
+                self.xbt[slot].copy_(self.xbt[site])
+        rest = LogisticLoss(self.xbt[: len(index)], self.Y, self.weights, self.pen, self.n_out)
+        self.xbt, self._last = None, None  # type: ignore[assignment]
+        return rest
 
     def scores(self, theta: torch.Tensor) -> torch.Tensor:
         """``(S, R, K, out, N)`` scores of every row: one pass over the data."""
@@ -89,8 +99,10 @@ class LogisticLoss:
         return loss, grad
 
     def __call__(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and gradient at ``theta`` (two passes over the data)."""
-        return self._at(theta, self.scores(theta))
+        """Loss and gradient at ``theta`` (two passes over the data; one at 0, where fits start)."""
+        if bool(theta.any()):
+            return self._at(theta, self.scores(theta))
+        return self._at(theta, theta.new_zeros((*theta.shape[:-1], self.xbt.shape[-1])))
 
     def ray(self, theta: torch.Tensor, direction: torch.Tensor) -> Ray:
         """The loss along ``theta + t * direction`` (one pass, none for ``z`` when ``theta`` was the last point)."""

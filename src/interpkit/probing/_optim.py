@@ -5,8 +5,9 @@ step length and stopping test is per problem, so one badly conditioned problem (
 regularised probe on a layer with huge activations) never slows or derails another. Only the
 matrix products that evaluate all the losses are shared, which is what makes fitting a probe for
 every layer and every regularisation strength cost about as much as fitting one. When most
-groups along the first axis (sites) have converged, the rest continue on a smaller copy of the
-data (``restrict``), so a few slow problems do not keep paying for the finished ones.
+groups along the first axis (sites) have converged, an objective with a ``restrict(index)``
+method continues on the rest of its data only, so a few slow problems do not keep paying for
+the finished ones.
 
 The method is Nocedal and Wright (2006), *Numerical Optimization*, algorithm 7.4 (two-loop
 recursion) with a backtracking Armijo line search; curvature pairs with ``s.y <= 0`` are skipped.
@@ -76,7 +77,6 @@ def lbfgs(
     ftol: float = 1e-9,
     max_backtracks: int = 30,
     precondition: torch.Tensor | Preconditioner | None = None,
-    restrict: Callable[[torch.Tensor], Objective] | None = None,
 ) -> torch.Tensor:
     """Minimise every problem in ``x0`` at once; returns the solutions (same shape as ``x0``).
 
@@ -85,8 +85,9 @@ def lbfgs(
     ``tol``, its loss changes by less than ``ftol`` relative, or its line search fails.
     ``precondition`` is the initial inverse Hessian ``P``: a positive tensor broadcastable to ``x``
     (a diagonal) or a :class:`Preconditioner`; it is rescaled at each step by ``s.y / y.P.y`` as
-    L-BFGS rescales the identity. ``restrict(index)``
-    returns the objective over the groups ``index`` of the first axis (``0 not in param_dims``).
+    L-BFGS rescales the identity. If ``fun`` has a ``restrict(index)`` method, it returns the
+    objective over the groups ``index`` (positions along the first axis, ``0 not in param_dims``,
+    among those ``fun`` holds) and ``fun`` is not used again.
     """
     import torch
 
@@ -163,6 +164,7 @@ def lbfgs(
         small_change = (f_old - f).abs() <= ftol * torch.maximum(f.abs(), torch.ones_like(f))
         active = active & ok & ~(small_change & accept) & (g.abs().amax(dims, keepdim=True) > tol)
         live = active.flatten(1).any(1) if other else active
+        restrict = getattr(fun, "restrict", None)
         if restrict is not None and int(live.sum()) <= 0.6 * len(keep) and bool(live.any()):
             out[keep] = x
             sel = torch.nonzero(live)[:, 0]
@@ -170,7 +172,7 @@ def lbfgs(
             x, f, g, gamma, active = (t_[sel] for t_ in (x, f, g, gamma, active))
             pre = pre.restrict(sel)
             hist = [[h[sel] for h in pair] for pair in hist]
-            fun = restrict(keep)
+            fun = restrict(sel)
     out[keep] = x
     return out
 
