@@ -142,10 +142,12 @@ def _top_axes(A: torch.Tensor, rank: int, oversample: int = 16) -> tuple[torch.T
     omega = torch.linalg.qr(torch.randn((S, D, width), generator=gen, dtype=A.dtype, device=A.device)).Q
     Y = (torch.bmm(A, torch.bmm(A.transpose(1, 2), omega)) / N).double()  # (S, D, width): Sigma omega
     omega = omega.double()
-    shift = torch.finfo(A.dtype).eps * torch.linalg.matrix_norm(Y)[:, None, None]  # keeps the Cholesky defined
+    shift = torch.finfo(A.dtype).eps * torch.linalg.matrix_norm(Y)[:, None, None]  # Y's rounding, as Frangella et al.
     Y = Y + shift * omega
-    L = torch.linalg.cholesky(omega.transpose(1, 2) @ Y)
-    B = torch.linalg.solve_triangular(L, Y.transpose(1, 2), upper=False).transpose(1, 2)  # Y L^-T
+    core = omega.transpose(1, 2) @ Y
+    lam, W = torch.linalg.eigh((core + core.transpose(1, 2)) / 2)  # where they take a Cholesky factor:
+    good = lam > 1e-12 * lam[:, -1:].clamp_min(1e-300)  # a rank below the width (few rows) leaves zeros
+    B = Y @ W * (good / lam.clamp_min(1e-300).sqrt())[:, None, :]  # B B^T = Y core^+ Y^T, the approximation
     keep = min(rank, width)
     squares, W = torch.linalg.eigh(B.transpose(1, 2) @ B)  # B's singular values squared, ascending
     squares, W = squares[:, -keep:], W[:, :, -keep:]

@@ -64,6 +64,10 @@ class LogisticLoss:
 
     def _loss_and_dz(self, z: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``(S, R, K, 1, 1)`` and the weighted derivative in ``z`` (elementwise, no pass over the data)."""
+        body = theta[..., :-1]
+        return self.data_loss(z) + 0.5 * self.pen * (body * body).sum((3, 4), keepdim=True), self._dz(z)
+
+    def _dz(self, z: torch.Tensor) -> torch.Tensor:
         import torch
 
         y = self.Y[None, :, None, None, :]
@@ -72,9 +76,7 @@ class LogisticLoss:
         else:
             dz = torch.softmax(z, 3)
             dz.scatter_add_(3, y.expand(*z.shape[:3], 1, z.shape[-1]), -torch.ones_like(dz[:, :, :, :1]))
-        body = theta[..., :-1]
-        loss = self.data_loss(z) + 0.5 * self.pen * (body * body).sum((3, 4), keepdim=True)
-        return loss, dz * self.weights
+        return dz * self.weights
 
     def data_loss(self, z: torch.Tensor) -> torch.Tensor:
         """The weighted cross-entropy ``(S, R, K, 1, 1)`` of scores ``z``, without the penalty or a derivative."""
@@ -88,10 +90,16 @@ class LogisticLoss:
             loss = torch.logsumexp(z, 3, keepdim=True) - z.gather(3, idx)
         return (loss * self.weights).sum((3, 4), keepdim=True)
 
-    def _at(self, theta: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _at(
+        self, theta: torch.Tensor, z: torch.Tensor, loss: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradient at ``theta`` with scores ``z``; ``loss``, when the caller has it, is not recomputed."""
         import torch
 
-        loss, dz = self._loss_and_dz(z, theta)
+        if loss is None:
+            loss, dz = self._loss_and_dz(z, theta)
+        else:
+            dz = self._dz(z)
         s, R, K, C, P = theta.shape
         grad = torch.bmm(dz.view(s, R * K * C, -1), self.xbt.transpose(1, 2)).view(s, R, K, C, P)
         grad[..., :-1] += self.pen * theta[..., :-1]
@@ -148,10 +156,10 @@ class Ray:
         pen = self.loss_fn.pen
         return first + pen * (self._pen[0] + t * self._pen[1]), second + pen * self._pen[1]
 
-    def at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(theta + t d, loss, gradient)`` there: one pass over the data."""
+    def at(self, t: torch.Tensor, loss: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(theta + t d, loss, gradient)`` there: one pass over the data (``loss``: the loss at ``t``, if known)."""
         theta = self.theta + t * self.direction
-        loss, grad = self.loss_fn._at(theta, self.z + t * self.zd)
+        loss, grad = self.loss_fn._at(theta, self.z + t * self.zd, loss)
         return theta, loss, grad
 
 

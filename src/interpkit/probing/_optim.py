@@ -64,7 +64,9 @@ class Ray(Protocol):
 
     def loss(self, t: torch.Tensor) -> torch.Tensor: ...
     def slopes(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def at(
+        self, t: torch.Tensor, loss: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def lbfgs(
@@ -136,8 +138,9 @@ def lbfgs(
         ray = getattr(fun, "ray", None)
         if ray is not None:  # the loss along d is cheap: search there, then one gradient
             line = ray(x, d)
-            t, ok = _search(line, f, gd, t, active, max_backtracks)
-            x_new, f_new, g_new = line.at(torch.where(ok & active, t, torch.zeros_like(t)))
+            t, ok, f_t = _search(line, f, gd, t, active, max_backtracks)
+            accept = ok & active
+            x_new, f_new, g_new = line.at(torch.where(accept, t, torch.zeros_like(t)), torch.where(accept, f_t, f))
         else:
             for _ in range(max_backtracks):
                 x_new = x + t * d
@@ -179,20 +182,21 @@ def lbfgs(
 
 def _search(
     line: Ray, f: torch.Tensor, gd: torch.Tensor, t: torch.Tensor, active: torch.Tensor, max_backtracks: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step lengths along a :class:`Ray`: a few safeguarded Newton steps towards the line's minimum
-    from ``t``, then Armijo backtracking; every trial is elementwise work. Returns ``(t, ok)``."""
+    from ``t``, then Armijo backtracking; every trial is elementwise work. Returns ``(t, ok, loss
+    at t)``; the loss is that of the last trial, which is at ``t`` wherever ``ok``."""
     import torch
 
     for _ in range(NEWTON_STEPS):
         first, second = line.slopes(t)
         step = torch.where(second > 0, first / second.clamp_min(1e-30), torch.zeros_like(first))
         t = torch.clamp(t - step, min=0.25 * t, max=4.0 * t)
-    ok = ~active
+    ok, f_new = ~active, f
     for _ in range(max_backtracks):
         f_new = line.loss(t)
         ok = (f_new <= f + 1e-4 * t * gd) & torch.isfinite(f_new) | ~active
         if bool(ok.all()):
             break
         t = torch.where(ok, t, t * 0.5)
-    return t, ok
+    return t, ok, f_new
