@@ -1,4 +1,4 @@
-"""The demo and causal tracing on the embedded SmolLM2-135M, with small settings (about a minute each).
+"""The demo and causal tracing on the embedded SmolLM2-135M, with small settings (66 s and 12 s alone).
 
 Checks the facts the design rests on: an IOI logit difference of several nats for the right
 name, induction heads scoring far above chance, direct logit attribution summing to the model's
@@ -20,7 +20,7 @@ def test_demo_on_the_embedded_model(smollm2, tmp_path):
     script = load_script("demo")
     cfg = script.DemoConfig(
         model=smollm2,
-        n=4,
+        n=2,  # the demo's default is 4; 2 halves the head patching and the circuit's runs
         n_induction=4,
         per_position=False,
         layers_per_step=30,
@@ -44,7 +44,15 @@ def test_demo_on_the_embedded_model(smollm2, tmp_path):
 
 def test_causal_tracing_on_the_embedded_model(smollm2, tmp_path):
     script = load_script("factual_tracing")
-    summary = script.main(script.Config(model=smollm2, n=1, samples=1, window=4, out=str(tmp_path)))
+    facts = tmp_path / "facts.jsonl"  # short prompts with the subject near the end: few positions to restore
+    facts.write_text(
+        "".join(
+            json.dumps({"subject": country, "relation": "The capital of {} is", "object": city}) + "\n"
+            for country, city in [("France", " Paris"), ("Japan", " Tokyo"), ("Italy", " Rome")]
+        )
+    )
+    cfg = script.Config(model=smollm2, n=1, samples=1, window=4, facts=str(facts), out=str(tmp_path))
+    summary = script.main(cfg)
     fact = summary["facts"][0]
     assert fact["p_clean"] > 0.3 and fact["p_clean"] > fact["p_corrupt"]
     resid = fact["resid_effect"]  # (pos, layer)
