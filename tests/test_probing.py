@@ -305,9 +305,18 @@ def test_restricting_a_loss_moves_the_kept_sites_to_the_front():
     theta = torch.randn(S, 1, 1, 1, P, generator=gen)
     expected = LogisticLoss(xbt.clone(), Y, weights, torch.zeros(1, 1, 1, 1, 1), 1)(theta)
     loss = LogisticLoss(xbt.clone(), Y, weights, torch.zeros(1, 1, 1, 1, 1), 1)
+    loss(theta)  # the optimiser's current point: its scores travel with the restriction
     keep = torch.tensor([1, 3, 4])
     rest = loss.restrict(keep)
     assert torch.equal(rest.xbt, xbt[keep])
+    passes = []
+    rest.scores = lambda th: passes.append(th) or LogisticLoss.scores(rest, th)
+    d = torch.randn(3, 1, 1, 1, P, generator=gen)
+    t = torch.full((3, 1, 1, 1, 1), 0.5)
+    fresh = LogisticLoss(xbt[keep].clone(), Y, weights, torch.zeros(1, 1, 1, 1, 1), 1)
+    assert torch.allclose(rest.ray(theta[keep], d).loss(t), fresh.ray(theta[keep], d).loss(t))
+    assert len(passes) == 1  # the direction's scores only
+    del rest.scores
     f, g = rest(theta[keep])
     assert torch.allclose(f, expected[0][keep]) and torch.allclose(g, expected[1][keep])
     assert torch.equal(rest.restrict(torch.tensor([2])).xbt, xbt[4:])  # positions among the sites it holds

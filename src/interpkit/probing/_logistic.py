@@ -52,6 +52,8 @@ class LogisticLoss:
             if slot != site:  # slot < site, and every later site is past it: nothing is overwritten unread
                 self.xbt[slot].copy_(self.xbt[site])
         rest = LogisticLoss(self.xbt[: len(index)], self.Y, self.weights, self.pen, self.n_out)
+        if self._last is not None:  # the optimiser goes on from the same point: keep its scores
+            rest._last = (self._last[0][index], self._last[1][index])
         self.xbt, self._last = None, None  # type: ignore[assignment]
         return rest
 
@@ -114,8 +116,11 @@ class LogisticLoss:
 
     def ray(self, theta: torch.Tensor, direction: torch.Tensor) -> Ray:
         """The loss along ``theta + t * direction`` (one pass, none for ``z`` when ``theta`` was the last point)."""
+        import torch
+
         last = self._last
-        z = last[1] if last is not None and last[0] is theta else self.scores(theta)
+        same = last is not None and (last[0] is theta or torch.equal(last[0], theta))
+        z = last[1] if same else self.scores(theta)
         return Ray(self, theta, direction, z, self.scores(direction))
 
 

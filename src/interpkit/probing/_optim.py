@@ -4,10 +4,10 @@ The problems share nothing but the tensor they live in: every inner product, cur
 step length and stopping test is per problem, so one badly conditioned problem (a weakly
 regularised probe on a layer with huge activations) never slows or derails another. Only the
 matrix products that evaluate all the losses are shared, which is what makes fitting a probe for
-every layer and every regularisation strength cost about as much as fitting one. When most
-groups along the first axis (sites) have converged, an objective with a ``restrict(index)``
-method continues on the rest of its data only, so a few slow problems do not keep paying for
-the finished ones.
+every layer and every regularisation strength cost about as much as fitting one. Once a tenth
+of the groups along the first axis (sites) have converged, an objective with a
+``restrict(index)`` method continues on the rest of its data only (and again at each further
+tenth), so a few slow problems do not keep paying for the finished ones.
 
 The method is Nocedal and Wright (2006), *Numerical Optimization*, algorithm 7.4 (two-loop
 recursion) with a backtracking Armijo line search; curvature pairs with ``s.y <= 0`` are skipped.
@@ -168,7 +168,7 @@ def lbfgs(
         active = active & ok & ~(small_change & accept) & (g.abs().amax(dims, keepdim=True) > tol)
         live = active.flatten(1).any(1) if other else active
         restrict = getattr(fun, "restrict", None)
-        if restrict is not None and int(live.sum()) <= 0.6 * len(keep) and bool(live.any()):
+        if restrict is not None and int(live.sum()) <= 0.9 * len(keep) and bool(live.any()):
             out[keep] = x
             sel = torch.nonzero(live)[:, 0]
             keep = keep[sel]
