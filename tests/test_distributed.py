@@ -110,14 +110,9 @@ def test_two_process_patching_equals_one_process(tiny_llama, tmp_path):
     from tiny_models import random_task
 
     task = random_task(tiny_llama, n=5, pos=6)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun worker: same kernels, same bits (another test may have left 2)
-    try:
-        ones = {name: run_job(tiny_llama, task, fn, {**kwargs, "distributed": False}) for name, fn, kwargs in JOBS}
-    finally:
-        torch.set_num_threads(before)
-    for name, _, _ in JOBS:
-        one = ones[name]
+    # on one thread, as each torchrun worker (conftest starts every test there): same kernels, same bits
+    for name, fn, kwargs in JOBS:
+        one = run_job(tiny_llama, task, fn, {**kwargs, "distributed": False})
         for rank in (0, 1):
             path = tmp_path / f"rank{rank}_{name}.json"
             if isinstance(one, torch.Tensor):

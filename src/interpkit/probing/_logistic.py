@@ -182,15 +182,13 @@ class CurvatureBound:
     """
 
     def __init__(self, axes: torch.Tensor, evals: torch.Tensor, bound: float, pen: torch.Tensor):
-        self.axes, self.bound = axes, bound
+        self.axes, self.evals, self.bound, self.pen = axes, evals, bound, pen
         # clamped: with no penalty a direction the rows never move has no curvature at all
         self.tail = 1.0 / (bound * evals.amin(-1)[:, None, None, None, None] + pen).clamp_min(1e-8)  # (S, 1, K, 1, 1)
         self.extra = 1.0 / (bound * evals[:, None, None, None, :] + pen).clamp_min(1e-8) - self.tail  # (S, 1, K, 1, r)
 
     def restrict(self, index: torch.Tensor) -> CurvatureBound:
-        out = object.__new__(CurvatureBound)
-        out.axes, out.bound, out.tail, out.extra = self.axes[index], self.bound, self.tail[index], self.extra[index]
-        return out
+        return CurvatureBound(self.axes[index], self.evals[index], self.bound, self.pen)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         import torch

@@ -134,7 +134,6 @@ def lbfgs(
             t = torch.clamp(1.0 / g.abs().sum(dims, keepdim=True).clamp_min(1e-12), max=1.0)
         else:
             t = torch.ones_like(f)
-        ok = ~active
         ray = getattr(fun, "ray", None)
         if ray is not None:  # the loss along d is cheap: search there, then one gradient
             line = ray(x, d)
@@ -142,6 +141,7 @@ def lbfgs(
             accept = ok & active
             x_new, f_new, g_new = line.at(torch.where(accept, t, torch.zeros_like(t)), torch.where(accept, f_t, f))
         else:
+            ok = ~active
             for _ in range(max_backtracks):
                 x_new = x + t * d
                 f_new, g_new = fun(x_new)
@@ -149,7 +149,7 @@ def lbfgs(
                 if bool(ok.all()):
                     break
                 t = torch.where(ok, t, t * 0.5)
-        accept = ok & active
+            accept = ok & active
         step = torch.where(accept, x_new - x, torch.zeros_like(x))
         dg = torch.where(accept, g_new - g, torch.zeros_like(g))
         f_old = f
