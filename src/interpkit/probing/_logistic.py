@@ -175,7 +175,7 @@ class CurvatureBound:
     1/4`` for one logit, ``1/2`` for a softmax), ``Sigma`` the features' covariance. On its top
     ``r`` axes ``V (S, D, r)`` with eigenvalues ``evals (S, r)`` the inverse is exact; every other
     axis gets the smallest of those eigenvalues, which is at least its own, so the bound stays a
-    bound (a tail at the mean eigenvalue took a third more L-BFGS iterations on the embedded model).
+    bound.
     Applying it costs two products with ``V``, against one with the data for an objective
     evaluation. The bias (the last parameter; the features are centred, so it is orthogonal to
     them) gets ``1 / bound``.
