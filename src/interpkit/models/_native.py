@@ -5,8 +5,11 @@
 ``description``, ``head_scores``, training details). ``model.safetensors`` holds the bridge's
 state dict. Toy models shipped with interpkit use this format; so can any hand-built model:
 
+    >>> import interpkit as ik
     >>> model = ik.models.boot_native({"d_model": 32, "d_head": 8, "n_layers": 1, "n_ctx": 16,
     ...                                "n_heads": 4, "d_vocab": 50, "attn_only": True})
+    >>> model.cfg.n_layers
+    1
     >>> ik.models.save_native(model, "my-toy")            # doctest: +SKIP
     >>> ik.load_model("my-toy")                           # doctest: +SKIP
 """

@@ -14,9 +14,14 @@
 Each control fits all of its replicates (shuffles, tasks, training-set sizes) and every site in
 one batched optimisation.
 
-    >>> from interpkit.probing import control_task
-    >>> res = control_task(ds)                                   # doctest: +SKIP
-    >>> res.scores[:, res.labels["quantity"].index("selectivity"), 0]   # one value per site
+    >>> import interpkit as ik
+    >>> from interpkit.probing import collect, control_task
+    >>> model = ik.load_model("toy-induction")
+    >>> texts = [[a, b, a] for a in range(1, 21) for b in range(21, 25)]
+    >>> ds = collect(model, texts, ["odd" if a % 2 else "even" for a, _, _ in texts])
+    >>> res = control_task(ds)
+    >>> res.labels["quantity"]                                   # scores: (site, quantity, value / se)
+    ['accuracy', 'control_accuracy', 'selectivity']
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ splits the direction into its components in the rowspace and nullspace of the fo
 
     >>> from interpkit.probing import das
     >>> res = das(model, ds, "L12.resid_post", probes=probes)          # doctest: +SKIP
-    >>> res.scores[res.labels["direction"].index("das"), 0, 0]          # IIA on held-out flips
+    >>> res.scores[res.labels["direction"].index("das"), 0, 0]          # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -19,9 +19,14 @@ the validation rows.
   validation (their IID variant; shrinkage LDA). Plain ``x . (mu_1 - mu_0)`` is at chance on the
   embedded model's residual stream, whose few huge dimensions swamp the difference.
 
-    >>> from interpkit.probing import fit_probes
-    >>> probes = fit_probes(ds, method="logistic")               # doctest: +SKIP
+    >>> import interpkit as ik
+    >>> from interpkit.probing import collect, fit_probes
+    >>> model = ik.load_model("toy-induction")
+    >>> texts = [[a, b, a] for a in range(1, 21) for b in range(21, 25)]
+    >>> ds = collect(model, texts, ["odd" if a % 2 else "even" for a, _, _ in texts])
+    >>> probes = fit_probes(ds, method="logistic")
     >>> probes.weight.shape                                      # (site, d, 1) for two classes
+    torch.Size([2, 128, 1])
 """
 
 from __future__ import annotations
