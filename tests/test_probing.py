@@ -142,6 +142,28 @@ def test_sites_heads_hooks_and_padding(native_tiny):
         resolve_sites(native_tiny, ["L7.resid_post"])
 
 
+def test_site_wildcards_expand_in_forward_order_and_skip_patterns(native_tiny):
+    labels = lambda sites: [s.label for s in resolve_sites(native_tiny, sites)]  # noqa: E731
+    assert labels("L*.mlp") == ["L0.mlp", "L1.mlp"]
+    heads = labels(["L1H*", "L0.resid_post"])
+    assert heads[:2] == ["L1H0", "L1H1"] and "L1H3.v" in heads and heads[-1] == "L0.resid_post"
+    assert not any(label.endswith(".pattern") for label in heads)  # the wildcard skips patterns
+    assert labels("blocks.*.mlp.hook_post") == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]
+    assert labels(["*.resid_post", "L1.mlp"])[:2] == ["L0.resid_post", "L1.resid_post"]  # a hook name once
+    assert len(labels("*.resid_post")) == 2
+    with pytest.raises(SiteError, match=r"site pattern 'L\*.attn_nope' matches no site label"):
+        resolve_sites(native_tiny, "L*.attn_nope")
+    with pytest.raises(SiteError, match="matches only attention patterns"):
+        resolve_sites(native_tiny, "L*H*.pattern")
+    with pytest.raises(SiteError, match="is an attention pattern"):
+        resolve_sites(native_tiny, "L0H1.pattern")
+    ds = P.collect(native_tiny, [[1, 2, 3], [4, 5, 6]] * 6, ["a", "b"] * 6, sites="L*.attn")
+    assert ds.sites == ["L0.attn", "L1.attn"]
+    assert ds.select_sites("L1.*").sites == ["L1.attn"] and ds.site_index(["L1*", "L0.attn"]) == [1, 0]
+    with pytest.raises(SiteError, match=r"site 'L7\*' is not in this dataset"):
+        ds.select_sites("L7*")
+
+
 def test_split_keeps_examples_whole_and_is_stratified_and_seeded():
     ds = planted(n=60, rows_per_example=3)
     per_example = torch.zeros(60, dtype=torch.long).scatter_reduce(0, ds.example, ds.split, "amax")

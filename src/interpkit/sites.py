@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from interpkit.errors import SiteError, closest
 
@@ -169,6 +170,32 @@ def all_sites(model: Model, kind: str | None = None) -> list[Site]:
                 out.extend(Site(k, layer, h) for h in range(c.n_kv_heads))
     if "logits" in kinds:
         out.append(Site("logits"))
+    return out
+
+
+def expand(model: Model, names: Iterable[Any]) -> list[Any]:
+    """``names`` with shell wildcards (``"L*.resid_post"``, ``"blocks.*.attn.hook_z"``) replaced by
+    the site labels and hook names of ``model`` they match, in forward order; other names (and
+    :class:`Site` objects) are passed through. A pattern that matches nothing is a SiteError."""
+    import fnmatch
+
+    out: list[Any] = []
+    candidates: list[str] | None = None
+    for name in names:
+        if isinstance(name, Site):
+            out.append(name)
+            continue
+        if not isinstance(name, str):
+            raise SiteError(f"a site must be a label like 'L3.resid_pre' or a hook name, got {name!r}")
+        if not any(ch in name for ch in "*?["):
+            out.append(name.strip())
+            continue
+        if candidates is None:
+            candidates = [s.label for s in all_sites(model)] + model.hook_names()
+        found = [c for c in candidates if fnmatch.fnmatchcase(c, name)]
+        if not found:
+            raise SiteError(f"site pattern {name!r} matches no site label or hook name of {model.name}")
+        out.extend(found)
     return out
 
 

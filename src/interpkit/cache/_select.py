@@ -14,7 +14,6 @@ against the model's site labels and hook names.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,38 +48,15 @@ class Request:
         return dataclasses.asdict(self)
 
 
-def _expand(model: Model, names: Iterable[Any]) -> list[Any]:
-    from interpkit.sites import Site, all_sites
-
-    out: list[Any] = []
-    candidates: list[str] | None = None
-    for name in names:
-        if isinstance(name, Site):
-            out.append(name)
-            continue
-        if not isinstance(name, str):
-            raise SiteError(f"a site must be a label like 'L3.resid_pre' or a hook name, got {name!r}")
-        if not any(ch in name for ch in "*?["):
-            out.append(name.strip())
-            continue
-        if candidates is None:
-            candidates = [s.label for s in all_sites(model)] + model.hook_names()
-        found = [c for c in candidates if fnmatch.fnmatchcase(c, name)]
-        if not found:
-            raise SiteError(f"site pattern {name!r} matches no site label or hook name of {model.name}")
-        out.extend(found)
-    return out
-
-
 def resolve_requests(model: Model, sites: str | Iterable[Any]) -> list[Request]:
     """Requests for ``sites`` (labels, hook names, Site objects or wildcards), deduplicated, in order."""
-    from interpkit.sites import HEAD_KINDS, KV_KINDS, Site, resolve, validate
+    from interpkit.sites import HEAD_KINDS, KV_KINDS, Site, expand, resolve, validate
 
     names = [sites] if isinstance(sites, (str, Site)) else list(sites)
     if not names:
         raise SiteError("no sites given: name at least one site label (e.g. 'L0.resid_pre') or hook name")
     requests: dict[str, Request] = {}
-    for name in _expand(model, names):
+    for name in expand(model, names):
         found = validate(name, model) if isinstance(name, Site) else resolve(model, name)
         if isinstance(found, Site):
             hook = model.resolve_hook(found.hook)

@@ -56,8 +56,9 @@ class SiteSpec:
 
 def resolve_sites(model: Model, sites: Any = None) -> list[SiteSpec]:
     """Site specs for ``sites``: None (``L{l}.resid_post`` for every layer), a site kind
-    (``"resid_pre"``, ``"z"``), one label or hook name, or a list of them."""
-    from interpkit.sites import KINDS, all_sites, resolve
+    (``"resid_pre"``, ``"z"``), one label or hook name, or a list of them; labels and hook names
+    may use shell wildcards (``"L*.mlp"``, ``"blocks.*.mlp.hook_post"``)."""
+    from interpkit.sites import KINDS, all_sites, expand
 
     if sites is None:
         sites = "resid_post"
@@ -67,21 +68,38 @@ def resolve_sites(model: Model, sites: Any = None) -> list[SiteSpec]:
         sites = [s.label for s in all_sites(model, sites)]
     elif isinstance(sites, str):
         sites = [sites]
-    out = []
-    for name in sites:
-        found = resolve(model, name)
-        if isinstance(found, str):
-            out.append(SiteSpec(found, found))
-            continue
-        if found.kind in _NOT_VECTORS:
-            raise SiteError(f"site {found.label!r} is an attention pattern, not one vector per token")
-        axis = found.head_axis()
-        index = found.hook_index(model.cfg.group_size) if axis is not None else None
-        out.append(SiteSpec(found.label, model.resolve_hook(found.hook), axis, index))
+    out: list[SiteSpec] = []
+    for pattern in sites:
+        wild = isinstance(pattern, str) and any(ch in pattern for ch in "*?[")
+        specs = [s for s in (_spec(model, name, wild) for name in expand(model, [pattern])) if s is not None]
+        if not specs:
+            raise SiteError(f"site pattern {pattern!r} matches only attention patterns, which cannot be probed")
+        out.extend(s for s in specs if not (wild and any((o.hook, o.head) == (s.hook, s.head) for o in out)))
     labels = [s.label for s in out]
     if len(set(labels)) != len(labels):
         raise SiteError(f"sites are listed more than once: {labels}")
     return out
+
+
+def _spec(model: Model, name: Any, wild: bool) -> SiteSpec | None:
+    """The spec of one site label or hook name; None for a wildcard's match that is not one
+    vector per token (an attention pattern), which is an error when named outright."""
+    from interpkit.sites import Site, resolve, validate
+
+    found = validate(name, model) if isinstance(name, Site) else resolve(model, name)
+    if isinstance(found, str):
+        if found.endswith(("hook_pattern", "hook_attn_scores")):
+            if wild:
+                return None
+            raise SiteError(f"hook {found!r} holds attention patterns, not one vector per token")
+        return SiteSpec(found, found)
+    if found.kind in _NOT_VECTORS:
+        if wild:
+            return None
+        raise SiteError(f"site {found.label!r} is an attention pattern, not one vector per token")
+    axis = found.head_axis()
+    index = found.hook_index(model.cfg.group_size) if axis is not None else None
+    return SiteSpec(found.label, model.resolve_hook(found.hook), axis, index)
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:

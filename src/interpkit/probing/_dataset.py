@@ -86,12 +86,18 @@ class ProbeDataset:
         return torch.nonzero(self.split == code)[:, 0].to(self.acts.device)
 
     def site_index(self, sites: str | Sequence[str] | None) -> list[int]:
-        """Indices of ``sites`` in this dataset; SiteError naming the closest sites otherwise."""
+        """Indices of ``sites`` (names, or shell wildcards such as ``"L1*"``) in this dataset;
+        SiteError naming the closest sites otherwise."""
+        import fnmatch
+
         if sites is None:
             return list(range(len(self.sites)))
         names = [sites] if isinstance(sites, str) else list(sites)
         out = []
         for name in names:
+            if any(ch in name for ch in "*?[") and (found := fnmatch.filter(self.sites, name)):
+                out.extend(self.sites.index(f) for f in found)
+                continue
             if name not in self.sites:
                 near = closest(name, self.sites)
                 raise SiteError(
