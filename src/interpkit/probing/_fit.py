@@ -224,7 +224,7 @@ def fit_logistic(
     and Udell (2023): two products with the data instead of a Gram matrix, an eigendecomposition
     and a rotated copy per site. On the embedded model's residual stream (30 layers, 1,800 rows,
     5 strengths) the fit reads a layer's data 924 times in all (31 per layer) at rank 64, 880
-    times at rank 128, 1,178 at rank 32 and 4,470 at rank 8 (``benchmarks/probing_solver.py``).
+    times at rank 128, 1,178 at rank 32 and 4,462 at rank 8 (``benchmarks/probing_solver.py``).
     """
     import torch
 
