@@ -40,7 +40,7 @@ import torch
 import interpkit as ik
 from interpkit.probing import ProbeDataset, collect, fit_probes
 from interpkit.probing._probes import evaluate
-from interpkit.results import make_provenance, write_text_atomic
+from interpkit.results import json_text, make_provenance, write_text_atomic
 
 VOCAB = Path(__file__).resolve().parents[1] / "experiments" / "data" / "subject_number_vocab.json"
 
@@ -205,7 +205,7 @@ def main() -> None:
         "passed": speedup >= 5 and max(diffs) <= 0.01 + 1e-9,
         "spec": {**make_provenance(seed=args.seed), **ds.meta.get("model", {})},
     }
-    path = write_text_atomic(Path(args.out) / "result.json", json.dumps(report, indent=2) + "\n")
+    path = write_text_atomic(Path(args.out) / "result.json", json_text(report) + "\n")
     print(f"wrote {path}")
 
 

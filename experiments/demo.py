@@ -42,7 +42,7 @@ import interpkit as ik
 from interpkit import plots
 from interpkit.attribution.head_scores import head_patterns, induction_scores, previous_token_scores
 from interpkit.plots.report import write_report
-from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.results import Result, json_text, make_provenance, write_text_atomic
 from interpkit.scripting import command_line, config_dict, config_from_args
 
 
@@ -387,7 +387,7 @@ def run(cfg: DemoConfig) -> dict:
     report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
     report["spec"] = make_provenance(model, seed=cfg.seed, config=config_dict(cfg), command=command)
     out = Path(cfg.out)
-    write_text_atomic(out / "result.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(out / "result.json", json_text(report) + "\n")
     sections.append(("Timings (seconds)", report["seconds"]))
     path = write_report(
         out / "report.html",

@@ -28,7 +28,6 @@ MLP, attention) with layers across and tokens down.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -40,7 +39,7 @@ from interpkit.hooks import hooks
 from interpkit.patching._engine import forward_final
 from interpkit.plots import heatmap
 from interpkit.plots.report import write_report
-from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.results import Result, json_text, make_provenance, write_text_atomic
 from interpkit.scripting import command_line, config_dict, config_from_args
 from interpkit.tasks.factual import read_facts
 
@@ -315,7 +314,7 @@ def main(cfg: Config) -> dict:
         print(f"{names[kind]:<32} peak effect {float(avg.max()):.3f} at the {CATEGORIES[cat]}, layer {layer}")
     prov = make_provenance(model, seed=cfg.seed, config=config_dict(cfg), command=command)
     out = Path(cfg.out)
-    write_text_atomic(out / "result.json", json.dumps({**summary, "spec": prov}, indent=2) + "\n")
+    write_text_atomic(out / "result.json", json_text({**summary, "spec": prov}) + "\n")
     path = write_report(out / "report.html", f"Causal tracing in {model.name}", sections, prov, command)
     print(f"wrote {out / 'result.json'} and {path}")
     return summary

@@ -23,7 +23,6 @@ Writes runs/induction_heads/ (or --out): result.json and report.html.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from interpkit import plots
 from interpkit.attribution.head_scores import head_patterns, induction_scores, previous_token_scores
 from interpkit.patching import ablate
 from interpkit.plots.report import write_report
-from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.results import Result, json_text, make_provenance, write_text_atomic
 from interpkit.scripting import command_line, config_dict, config_from_args
 
 
@@ -189,7 +188,7 @@ def write_outputs(cfg: Config, out: dict, command: str) -> Path:
     ]
     prov = make_provenance(model, task, cfg.seed, config=config_dict(cfg), command=command)
     outdir = Path(cfg.out)
-    write_text_atomic(outdir / "result.json", json.dumps({**summary, "spec": prov}, indent=2) + "\n")
+    write_text_atomic(outdir / "result.json", json_text({**summary, "spec": prov}) + "\n")
     return write_report(outdir / "report.html", f"Induction heads in {model.name}", sections, prov, command)
 
 

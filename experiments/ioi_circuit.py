@@ -28,7 +28,6 @@ circuit.json and report.html.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import torch
 import interpkit as ik
 from interpkit import circuits
 from interpkit.plots.report import write_report
-from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.results import Result, json_text, make_provenance, write_text_atomic
 from interpkit.scripting import command_line, config_dict, config_from_args
 
 
@@ -248,7 +247,7 @@ def main(cfg: Config) -> dict:
     spec = make_provenance(model, task, cfg.seed, config=config_dict(cfg), command=command)
     for name, res in results.items():
         res.to_json(out / f"{name}.json")
-    write_text_atomic(out / "result.json", json.dumps({"summary": summary, "spec": spec}, indent=2, default=str) + "\n")
+    write_text_atomic(out / "result.json", json_text({"summary": summary, "spec": spec}) + "\n")
     path = write_report(
         out / "report.html",
         f"IOI circuit: {model.name}",

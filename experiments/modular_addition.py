@@ -26,7 +26,6 @@ result.json (config, spectrum, key frequencies, losses) and report.html.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import interpkit as ik
 from interpkit.models import boot_native, save_native
 from interpkit.plots import bars, line_bands
 from interpkit.plots.report import write_report
-from interpkit.results import Result, make_provenance, write_text_atomic
+from interpkit.results import Result, json_text, make_provenance, write_text_atomic
 from interpkit.scripting import command_line, config_from_args
 
 
@@ -313,7 +312,7 @@ def main(cfg: Config) -> dict:
         f"excluded (train) {stats['excluded_loss_train']:.4g}, chance {stats['chance_loss']:.4g}"
     )
     result = {"config": dataclasses.asdict(cfg), **stats, "spec": make_provenance(model, seed=cfg.seed)}
-    write_text_atomic(Path(cfg.out) / "result.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(Path(cfg.out) / "result.json", json_text(result) + "\n")
     path = report(model, cfg, stats, command)
     print(f"wrote {Path(cfg.out) / 'result.json'} and {path}")
     return result

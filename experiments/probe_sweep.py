@@ -44,7 +44,7 @@ import torch
 import interpkit as ik
 from interpkit import probing as P
 from interpkit.plots.report import write_report
-from interpkit.results import make_provenance, write_text_atomic
+from interpkit.results import json_text, make_provenance, write_text_atomic
 from interpkit.scripting import command_line, config_from_args
 
 DATA = Path(__file__).resolve().parent / "data" / "subject_number.jsonl"
@@ -275,7 +275,7 @@ def write_outputs(cfg: Config, out: dict, command: str) -> Path:
     for name, res in out["results"].items():
         res.to_json(folder / f"{name}.json")
     summary = {**out["summary"], "spec": spec}
-    path = write_text_atomic(folder / "result.json", json.dumps(summary, indent=2, default=str) + "\n")
+    path = write_text_atomic(folder / "result.json", json_text(summary) + "\n")
     table = {k: out["summary"][k] for k in ("n_examples", "rows", "behaviour")}
     table.update({f"best site ({w})": out["summary"][w]["best"] for w in ("last", "noun")})
     write_report(folder / "report.html", "Probing subject number", [("Summary", table), *out["figures"]], spec, command)

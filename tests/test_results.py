@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
 import torch
 
 from interpkit.errors import ResultError
-from interpkit.results import Result, make_provenance
+from interpkit.results import Result, json_text, make_provenance
 
 
 def _result(dtype=torch.float32):
@@ -43,6 +44,35 @@ def test_json_roundtrip_exact(tmp_path, dtype):
     assert back.extras["note"] == [1, 2.5, None]
     assert (back.clean_value, back.corrupt_value, back.kind, back.provenance) == (2.5, -0.5, "patch", r.provenance)
     assert not list((tmp_path / "sub").glob(".*tmp"))  # no temporary file left behind
+
+
+def _strict(text):
+    """Parse as standard JSON, which has no NaN or Infinity (jq, a browser's JSON.parse)."""
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_result_files_are_standard_json_and_keep_non_finite_values(tmp_path):
+    r = _result()
+    r.scores[2, 3] = float("-inf")
+    r.clean_value = float("nan")
+    r.meta["faithfulness"] = [float("inf"), 0.5]
+    data = _strict(r.to_json(tmp_path / "r.json").read_text())
+    assert data["scores"]["values"][0][0] == "NaN" and data["scores"]["values"][2][3] == "-Infinity"
+    back = Result.from_json(tmp_path / "r.json")
+    assert torch.equal(back.scores.nan_to_num(0.0, 1e9, -1e9), r.scores.nan_to_num(0.0, 1e9, -1e9))
+    assert torch.isnan(back.scores[0, 0]) and back.scores[1, 1] == float("inf")
+    assert back.clean_value != back.clean_value and back.meta["faithfulness"] == [float("inf"), 0.5]
+    r.labels["pos"] = ["NaN", "Infinity", "b", "c"]  # token labels that spell the constants stay strings
+    assert Result.from_json(r.to_json(tmp_path / "s.json")).labels["pos"][:2] == ["NaN", "Infinity"]
+
+
+def test_json_text_is_standard_json_with_nulls():
+    text = json_text({"acc": [0.5, float("nan")], "t": torch.tensor([1.0, float("inf")]), "p": Path("runs") / "x"})
+    assert _strict(text) == {"acc": [0.5, None], "t": [1.0, None], "p": str(Path("runs") / "x")}
 
 
 def test_normalised():

@@ -2,8 +2,11 @@
 
 ``to_json`` / ``from_json`` round-trip exactly: tensors are written with their dtype and shape
 and their values as JSON numbers (float32 and bfloat16 values are exactly representable as the
-float64 numbers JSON carries; NaN and infinities are written as the strings Python's json reads
-back). Files are written atomically (temporary name, then rename).
+float64 numbers JSON carries). The files are standard JSON, which has no NaN or infinity: inside
+a tensor's values those are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, and a
+bare float elsewhere becomes ``{"__float__": "NaN"}``; both read back as the floats.
+:func:`json_text` writes other summaries (experiments' ``result.json``) as standard JSON with
+non-finite floats as ``null``. Files are written atomically (temporary name, then rename).
 
     >>> import torch
     >>> from interpkit.results import Result
@@ -18,6 +21,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import math
 import os
 import platform
 import tempfile
@@ -64,9 +68,30 @@ def make_provenance(model: Any = None, task: Any = None, seed: int | None = None
     return prov
 
 
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _float_name(x: float) -> str:
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+
+
+def _map_floats(values: Any, fn: Any) -> Any:
+    """``values`` (nested lists of numbers, as ``tolist`` gives) with ``fn`` applied to every leaf."""
+    if isinstance(values, list):
+        return [_map_floats(v, fn) for v in values]
+    return fn(values)
+
+
 def _encode_tensor(t: torch.Tensor) -> dict[str, Any]:
+    import torch
+
     t = t.detach().cpu()
-    values = t.double().tolist() if t.is_floating_point() else t.tolist()
+    if t.is_floating_point():
+        values = t.double().tolist()
+        if not bool(torch.isfinite(t).all()):
+            values = _map_floats(values, lambda x: x if math.isfinite(x) else _float_name(x))
+    else:
+        values = t.tolist()
     return {"__tensor__": True, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "values": values}
 
 
@@ -78,6 +103,7 @@ def _decode_tensor(obj: dict[str, Any]) -> torch.Tensor:
         raise ResultError(f"unknown tensor dtype {obj['dtype']!r} in result file")
     values = obj["values"]
     if dtype.is_floating_point:
+        values = _map_floats(values, lambda x: _NON_FINITE.get(x, x) if isinstance(x, str) else x)
         t = torch.tensor(values, dtype=torch.float64).to(dtype)
     else:
         t = torch.tensor(values, dtype=dtype)
@@ -95,6 +121,8 @@ def _encode(value: Any) -> Any:
         return [_encode(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": _float_name(value)}
     return value
 
 
@@ -102,10 +130,31 @@ def _decode(value: Any) -> Any:
     if isinstance(value, dict):
         if value.get("__tensor__"):
             return _decode_tensor(value)
+        if set(value) == {"__float__"} and value["__float__"] in _NON_FINITE:
+            return _NON_FINITE[value["__float__"]]
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """``value`` as standard JSON text: tensors as (nested) lists, non-finite floats as ``null``,
+    paths and other objects as their ``str``; for summaries that other tools read (jq, a browser,
+    pandas), where Python's bare ``NaN`` would make the whole file unreadable."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if hasattr(v, "tolist") and callable(v.tolist):  # tensors and numpy arrays / scalars
+            return clean(v.tolist())
+        return v
+
+    return json.dumps(clean(value), indent=indent, allow_nan=False, default=str)
 
 
 def _umask() -> int:
@@ -201,7 +250,7 @@ class Result:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the result as JSON (atomically); :meth:`from_json` reads it back exactly."""
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n")
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Result:
