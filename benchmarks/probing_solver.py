@@ -1,13 +1,17 @@
 """The logistic probes' solver on the embedded model: passes over the data by preconditioner rank,
-and how close to the optimum it stops against scikit-learn at the same tolerance.
+seconds by the size of the groups of layers fitted together, and how close to the optimum it
+stops against scikit-learn at the same tolerance.
 
 Usage:
-    python benchmarks/probing_solver.py [--threads 1] [--ranks 8,32,64,128] [--cache runs/bench_probing/dataset]
+    python benchmarks/probing_solver.py [--threads 1] [--ranks 8,32,64,128] [--groups 0,8,16,32]
+                                        [--cache runs/bench_probing/dataset]
 
 Reads the activations ``benchmarks/bench_probing.py`` collected (run it first).
 
 - passes: every product of a layer's activations with the parameters (a score or a gradient pass)
   is counted once per layer, for ``fit_probes`` on all 30 layers and 5 strengths at each rank;
+- groups: the same fit (at the default rank) with the layers batched in groups of at most
+  ``--groups`` MiB of data each (0: all 30 layers in one batch), the median of 3 runs;
 - convergence: on every 6th row of 5 layers (300 rows), interpkit at ``tol=1e-4`` and
   scikit-learn's ``LogisticRegression`` at ``tol=1e-4`` (its default) against scikit-learn at
   ``tol=1e-8`` (the optimum), as the worst relative excess of the penalised objective over
@@ -18,6 +22,7 @@ Reads the activations ``benchmarks/bench_probing.py`` collected (run it first).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -28,8 +33,8 @@ from interpkit.probing._logistic import LogisticLoss
 from interpkit.probing._probes import split_xy
 
 
-def count_passes(X, y, Xv, yv, rank: int) -> tuple[int, float]:
-    """Layer-passes and seconds of one fit at ``rank``."""
+def count_passes(X, y, Xv, yv, rank: int, group_bytes: int | None = None) -> tuple[int, float]:
+    """Layer-passes and seconds of one fit at ``rank``, in groups of ``group_bytes`` (None: the default)."""
     count = [0]
     scores, at = LogisticLoss.scores, LogisticLoss._at
 
@@ -44,7 +49,7 @@ def count_passes(X, y, Xv, yv, rank: int) -> tuple[int, float]:
     LogisticLoss.scores, LogisticLoss._at = counted_scores, counted_at
     try:
         start = time.perf_counter()
-        fit_module.fit_logistic(X, y[None], Xv, yv[None], 2, rank=rank)
+        fit_module.fit_logistic(X, y[None], Xv, yv[None], 2, rank=rank, group_bytes=group_bytes)
         return count[0], time.perf_counter() - start
     finally:
         LogisticLoss.scores, LogisticLoss._at = scores, at
@@ -86,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ranks", default="8,32,64,128")
+    parser.add_argument("--groups", default="0,8,16,32", help="MiB of data per group of layers (0: one batch)")
     parser.add_argument("--cache", default="runs/bench_probing/dataset")
     args = parser.parse_args()
     import bench_probing
@@ -99,6 +105,12 @@ def main() -> None:
     for rank in (int(r) for r in args.ranks.split(",")):
         passes, seconds = count_passes(X, y, Xv, yv, rank)
         print(f"{rank:>6}{passes:>14}{seconds:>9.2f}")
+    print(f"\n{'group MiB':>10}{'layers':>8}{'layer passes':>14}{'seconds (median of 3)':>23}")
+    per_layer = X.shape[1] * (X.shape[2] + 1) * 4
+    for mib in (int(g) for g in args.groups.split(",")):
+        runs = [count_passes(X, y, Xv, yv, fit_module.PRECONDITIONER_RANK, mib << 20) for _ in range(3)]
+        layers = len(X) if mib == 0 else max(1, (mib << 20) // per_layer)
+        print(f"{mib:>10}{layers:>8}{runs[0][0]:>14}{statistics.median(r[1] for r in runs):>23.2f}")
 
     X, Xv = X[::6], Xv[::6]  # 5 layers
     three = [((a[2, :, 7] > a[2, :, 7].median()).long() + (a[2, :, 9] > a[2, :, 9].median()).long()) for a in (X, Xv)]

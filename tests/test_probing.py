@@ -215,6 +215,25 @@ def test_batched_logistic_matches_a_literal_reference_per_site_and_strength(n, d
             assert float(ours) == pytest.approx(_reference_logistic(X, y, l2), rel=1e-4, abs=1e-6)
 
 
+def test_logistic_fit_does_not_depend_on_how_sites_are_grouped():
+    from interpkit.probing._fit import _site_groups, fit_logistic
+
+    ds = planted(n=200, d=24)
+    X = torch.cat([ds.acts, ds.acts[:2].flip(0) * 3 + 1])  # 5 sites
+    tr, va = ds.rows("train"), ds.rows("val")
+    Y = torch.stack([ds.y[tr], ds.y[tr].flip(0)])  # two replicates, as the controls fit them
+    fits = [
+        fit_logistic(X[:, tr], Y, X[:, va], ds.y[None, va], 2, rank=8, group_bytes=g)
+        for g in (0, 1, 2 * 25 * len(tr) * 4)  # one batch; one site per group; groups of two (and one left)
+    ]
+    for fit in fits[1:]:
+        torch.testing.assert_close(fit.candidates[0], fits[0].candidates[0], rtol=0, atol=1e-6)  # bit-equal here
+        assert torch.equal(fit.l2, fits[0].l2)
+    xbt = torch.zeros(5, 25, len(tr))
+    assert _site_groups(xbt, 0) == [slice(0, 5)] and len(_site_groups(xbt, 1)) == 5
+    assert _site_groups(xbt, 2 * 25 * len(tr) * 4) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+
+
 @pytest.mark.parametrize("n, d", [(400, 30), (12, 30)])  # full rank, and a rank (11) below the sketch's width
 def test_top_axes_approximate_the_covariance_eigenpairs_from_below(n, d):
     from interpkit.probing._fit import _top_axes

@@ -3,8 +3,9 @@
 Every method has one signature, ``fn(X_train, Y_train, X_val, Y_val, n_classes, weights, **options)
 -> Fit``, over activations ``(site, row, d)`` and targets ``(rep, row)``: *every* site and every
 replicate target (shuffled labels, control tasks, training-set sizes) is fitted in one batched
-optimisation on the activations' device, and the L2 strength is chosen per site and replicate on
-the validation rows.
+optimisation on the activations' device (on a CPU the logistic probes batch the sites in
+cache-sized groups, with the same result; see :func:`fit_logistic`), and the L2 strength is
+chosen per site and replicate on the validation rows.
 
 - ``logistic``: multinomial logistic regression (a single logit for two classes) on features
   standardised with the training rows' mean and scale, minimising mean cross-entropy plus
@@ -47,6 +48,7 @@ L2_GRIDS = {
     "diff_means": (1e-3, 1e-2, 1e-1, 1.0, 10.0),  # covariance shrinkage
 }
 PRECONDITIONER_RANK = 64  # principal axes in the logistic probes' preconditioner (see fit_logistic)
+CPU_GROUP_BYTES = 16 << 20  # logistic probes on a CPU: sites batched together, by their data's size (fit_logistic)
 
 
 @dataclasses.dataclass
@@ -135,16 +137,19 @@ def _top_axes(A: torch.Tensor, rank: int, oversample: int = 16) -> tuple[torch.T
     """The top ``rank`` principal axes of centred columns ``A (S, D, N)``: ``(V (S, D, r), evals (S, r))``.
 
     A randomised Nystrom approximation of the covariance ``A A^T / N`` (Frangella, Tropp and Udell
-    2023, "Randomized Nystrom preconditioning", algorithm 2.1), seeded so that fits repeat
-    exactly: two products of the data with ``rank + oversample`` columns, the rest on small
-    matrices in float64. A full eigendecomposition would cost a Gram matrix and ``O(D^3)`` per site.
+    2023, "Randomized Nystrom preconditioning", algorithm 2.1): two products of the data with
+    ``rank + oversample`` columns, the rest on small matrices in float64. A full eigendecomposition
+    would cost a Gram matrix and ``O(D^3)`` per site. The test matrix is seeded and the same for
+    every site, so a site's axes do not depend on which other sites are sketched with it, and fits
+    repeat exactly.
     """
     import torch
 
     S, D, N = A.shape
     width = min(rank + oversample, D, N)
     gen = torch.Generator(device=A.device).manual_seed(0)
-    omega = torch.linalg.qr(torch.randn((S, D, width), generator=gen, dtype=A.dtype, device=A.device)).Q
+    omega = torch.linalg.qr(torch.randn((D, width), generator=gen, dtype=A.dtype, device=A.device)).Q
+    omega = omega.expand(S, D, width).contiguous()
     Y = (torch.bmm(A, torch.bmm(A.transpose(1, 2), omega)) / N).double()  # (S, D, width): Sigma omega
     omega = omega.double()
     shift = torch.finfo(A.dtype).eps * torch.linalg.matrix_norm(Y)[:, None, None]  # Y's rounding, as Frangella et al.
@@ -159,6 +164,18 @@ def _top_axes(A: torch.Tensor, rank: int, oversample: int = 16) -> tuple[torch.T
     real = squares > 1e-10 * squares[:, -1:].clamp_min(1e-300)  # fewer rows than columns leave some at 0
     U = B @ W * (real / squares.clamp_min(1e-300).sqrt())[:, None, :]  # B's left singular vectors, or 0
     return U.to(A.dtype), ((squares - shift[:, :, 0]) * real).clamp_min(0).to(A.dtype)
+
+
+def _site_groups(xbt: torch.Tensor, group_bytes: int | None) -> list[slice]:
+    """Consecutive groups of sites, each fitted as one batch, of at most ``group_bytes`` of data
+    (at least one site): on a CPU ``CPU_GROUP_BYTES``, so that a group's data stays in the cache
+    through the fit's 30-odd passes over it; elsewhere (``0``) every site in one batch."""
+    S = xbt.shape[0]
+    if group_bytes is None:
+        group_bytes = CPU_GROUP_BYTES if xbt.device.type == "cpu" else 0
+    per_site = xbt[0].numel() * xbt.element_size() if S else 1
+    size = S if group_bytes <= 0 else max(1, group_bytes // per_site)
+    return [slice(i, min(i + size, S)) for i in range(0, S, size)]
 
 
 def _pick(body: torch.Tensor, bias: torch.Tensor, grid: torch.Tensor, val: torch.Tensor) -> Fit:
@@ -213,6 +230,7 @@ def fit_logistic(
     tol: float = 1e-4,
     history: int = 10,
     rank: int = PRECONDITIONER_RANK,
+    group_bytes: int | None = None,
 ) -> Fit:
     """Batched L-BFGS on standardised features, preconditioned by Bohning's curvature bound.
 
@@ -225,6 +243,13 @@ def fit_logistic(
     and a rotated copy per site. On the embedded model's residual stream (30 layers, 1,800 rows,
     5 strengths) the fit reads a layer's data 924 times in all (31 per layer) at rank 64, 880
     times at rank 128, 1,178 at rank 32 and 4,462 at rank 8 (``benchmarks/probing_solver.py``).
+
+    Every strength and replicate of a site is in one batch, and on a GPU every site too. On a
+    CPU the sites are batched in groups of ``group_bytes`` of data (default ``CPU_GROUP_BYTES``),
+    one group after another, so that each group's data stays in the cache while it is fitted:
+    on the benchmark above that is 25% faster than one batch of 125 MB
+    (``benchmarks/bench_probing.py``). The problems are independent and the sketch's test matrix
+    is shared, so the grouping does not change the result (``tests/test_probing.py``).
     """
     import torch
 
@@ -237,12 +262,14 @@ def fit_logistic(
     grid = _grid("logistic", l2, X.device)
     K, C = len(grid), (1 if n_classes == 2 else n_classes)
     xbt, mean, scale = _standardised_columns(X)
-    axes, evals = _top_axes(xbt[:, :D], rank)
     pen = grid.view(1, 1, K, 1, 1)
-    loss = LogisticLoss(xbt, Y, _row_weights(Y, weights)[None, :, None, None, :], pen, C)
-    pre = CurvatureBound(axes, evals, 0.25 if C == 1 else 0.5, pen)
-    theta0 = torch.zeros((S, R, K, C, D + 1), dtype=X.dtype, device=X.device)
-    theta = lbfgs(loss, theta0, (3, 4), max_iter=max_iter, tol=tol, history=history, precondition=pre)
+    w = _row_weights(Y, weights)[None, :, None, None, :]
+    theta = torch.zeros((S, R, K, C, D + 1), dtype=X.dtype, device=X.device)
+    for group in _site_groups(xbt, group_bytes):
+        axes, evals = _top_axes(xbt[group, :D], rank)
+        pre = CurvatureBound(axes, evals, 0.25 if C == 1 else 0.5, pen)
+        loss = LogisticLoss(xbt[group], Y, w, pen, C)
+        theta[group] = lbfgs(loss, theta[group], (3, 4), max_iter=max_iter, tol=tol, history=history, precondition=pre)
     body, bias = _unscale(mean, scale, theta)
     return _pick(body, bias, grid, _val_score(body, bias, Xv, Yv))
 
