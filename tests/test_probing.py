@@ -488,6 +488,21 @@ def test_random_init_copies(native_tiny, tiny_llama):
         assert a.shape == b.shape and not torch.equal(a, b)
 
 
+def test_random_init_copy_that_equals_the_model_is_refused():
+    from interpkit.models._load import wrap_hf_model
+    from interpkit.probing._controls import RANDOM_INIT_OFFSET
+    from tiny_models import tiny_gpt2_hf
+
+    model = wrap_hf_model(tiny_gpt2_hf(seed=0), None, spec="tiny-gpt2")  # itself a random init, seed 0
+    state = torch.get_rng_state()
+    fresh = P.random_init_model(model, seed=0)  # not the model again: the control's seeds are offset
+    assert not torch.equal(next(fresh.bridge.parameters()), next(model.bridge.parameters()))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    twin = wrap_hf_model(tiny_gpt2_hf(seed=RANDOM_INIT_OFFSET + 3), None, spec="tiny-gpt2")
+    with pytest.raises(P.ProbeError, match=r"with seed 3 has the model's own weights.*pass another seed"):
+        P.random_init_model(twin, seed=3)
+
+
 def test_random_init_control_reads_the_same_rows(native_tiny):
     seqs = [[i % 50 + 1, 5, (i * 7) % 50 + 1] for i in range(60)]
     ds = P.collect(native_tiny, seqs, [s[-1] % 2 for s in seqs])

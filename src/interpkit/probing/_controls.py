@@ -221,8 +221,16 @@ def learning_curve(
     )
 
 
+RANDOM_INIT_OFFSET = 0x5EED_C0DE  # added to the control's seed: a model a user initialised with seed 0 is not its copy
+
+
 def random_init_model(model: Model, seed: int = 0) -> Model:
-    """A randomly initialised copy of ``model``: same architecture, config and tokenizer, fresh weights."""
+    """A randomly initialised copy of ``model``: same architecture, config and tokenizer, fresh weights.
+
+    The weights are drawn with torch seed ``RANDOM_INIT_OFFSET + seed``, so that the copy of a
+    model that was itself randomly initialised with a small seed (``torch.manual_seed(0)``) is not
+    that model again; a copy equal to the model is refused all the same.
+    """
     import copy
 
     import torch
@@ -233,21 +241,36 @@ def random_init_model(model: Model, seed: int = 0) -> Model:
     spec = f"{model.spec} (random init, seed {seed})"
     placed = model.info.get("device_map")  # a model split over devices: the copy is split the same way
     fields = model.info.get("bridge_config")
-    if fields:
-        fresh = boot_native(fields, seed=seed, spec=spec)
-        fresh.to(device=None if placed else model.device, dtype=model.dtype)
-    else:
-        hf = getattr(model.bridge, "original_model", None)
-        if hf is None or not hasattr(hf, "config"):
-            raise ProbeError(f"cannot build a random-init copy of {model.spec!r}: it is neither native nor a HF model")
-        torch.manual_seed(seed)
-        fresh_hf = type(hf)(copy.deepcopy(hf.config)).to(dtype=model.dtype).eval()
-        fresh = wrap_hf_model(fresh_hf if placed else fresh_hf.to(model.device), model.tokenizer, spec=spec)
+    hf = getattr(model.bridge, "original_model", None)
+    if not fields and (hf is None or not hasattr(hf, "config")):
+        raise ProbeError(f"cannot build a random-init copy of {model.spec!r}: it is neither native nor a HF model")
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        if fields:
+            fresh = boot_native(fields, seed=RANDOM_INIT_OFFSET + seed, spec=spec)
+            fresh.to(device=None if placed else model.device, dtype=model.dtype)
+        else:
+            torch.manual_seed(RANDOM_INIT_OFFSET + seed)
+            fresh_hf = type(hf)(copy.deepcopy(hf.config)).to(dtype=model.dtype).eval()
+            fresh = wrap_hf_model(fresh_hf if placed else fresh_hf.to(model.device), model.tokenizer, spec=spec)
     if placed:
         from interpkit.models._dispatch import dispatch
 
         dispatch(fresh, placed)
+    if _same_weights(model, fresh):
+        raise ProbeError(
+            f"the random-init copy of {model.spec!r} with seed {seed} has the model's own weights (the model was "
+            "itself randomly initialised with that seed): pass another seed"
+        )
     return fresh
+
+
+def _same_weights(a: Model, b: Model) -> bool:
+    """Whether two models of one architecture hold equal weights (a control copy must not)."""
+    import torch
+
+    pairs = list(zip(a.bridge.parameters(), b.bridge.parameters(), strict=False))
+    weights = [(x, y) for x, y in pairs if x.dim() >= 2 and x.shape == y.shape]
+    return bool(weights) and all(torch.equal(x.detach(), y.detach().to(x.device)) for x, y in weights)
 
 
 def random_init_control(
