@@ -1,7 +1,7 @@
 """Probe sweep: where the model represents the subject's grammatical number, and whether it uses it.
 
 Usage:
-    .venv/bin/python experiments/probe_sweep.py                                # embedded model (6 min on this 2-core CPU)
+    .venv/bin/python experiments/probe_sweep.py                                # embedded model (2 min on this 2-core CPU, 6 shared)
     .venv/bin/python experiments/probe_sweep.py --das_steps 40 --out runs/probe_quick
     .venv/bin/python experiments/probe_sweep.py --model path/to/hf_dir --device cuda --dtype bfloat16
 
