@@ -132,7 +132,7 @@ def literal_run(model, task, mask, ablation, metric="logit_diff"):
     return evaluate(logits, task, metric, clean_logits)
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "toy"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "toy", "tiny_neox"])
 def test_engine_matches_literal_reference(name, request):
     model = request.getfixturevalue(name)
     task = random_task(model, n=3, pos=5, seed=1)

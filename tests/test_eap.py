@@ -30,6 +30,20 @@ def test_graph_shape(tiny_llama, toy):
     assert "L0H1->L1H3.k" in toy_graph.edge_labels() and not any(".mlp" in e for e in toy_graph.edge_labels())
 
 
+def test_parallel_blocks_have_no_same_layer_head_to_mlp_edges(tiny_neox):
+    assert tiny_neox.cfg.parallel_attn_mlp
+    labels = build_graph(tiny_neox).edge_labels()  # attention and MLP both read the block's input
+    assert "L1H2->L1.mlp" not in labels and "L0H2->L1.mlp" in labels and "embed->L0.mlp" in labels
+    assert "L0.mlp->L1H0.q" in labels and "L0.mlp->L1.mlp" in labels and "L1.mlp->logits" in labels
+    task = _task(tiny_neox)
+    eap = edge_scores(tiny_neox, task, "eap", check=0)
+    assert "L1H2->L1.mlp" not in eap.labels["edge"]
+    from interpkit.circuits._circuit import ModelIdentity, graph_hash
+
+    identity = ModelIdentity.of(tiny_neox)  # what a circuit file records rebuilds the parallel graph
+    assert identity.parallel_attn_mlp and graph_hash(identity.graph()) == identity.graph_hash
+
+
 def _edge_patch(model, task, sender, head_kind, receiver_head, eps):
     """Literal: target clean run with one receiver input moved by eps * (sender's output change)."""
     layer_s, head_s = sender
@@ -70,7 +84,7 @@ def test_exact_edges_equal_literal_edge_patching(tiny_llama):
         assert exact.scores[exact.labels["edge"].index(f"L0H3->{label}")].item() == pytest.approx(literal, abs=1e-5)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
 def test_eap_ig_one_step_is_eap_from_the_other_end(model_name, request):
     """IG with one step evaluates the gradient at the source end of the path: there it is minus
     EAP in the opposite direction (same gradient point, opposite activation difference)."""

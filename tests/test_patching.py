@@ -34,10 +34,16 @@ SITES = [
 
 
 @pytest.mark.parametrize("site", SITES)
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
 def test_engine_equals_literal(site, model_name, request):
     model = request.getfixturevalue(model_name)
     task = _task(model)
+    if site == "resid_mid" and model.cfg.parallel_attn_mlp:  # attention and MLP both read resid_pre
+        with pytest.raises(SiteError, match="attention and MLP run in parallel on resid_pre"):
+            patch(model, task, site)
+        with pytest.raises(SiteError, match="attention and MLP run in parallel on resid_pre"):
+            ik.cache.run(model, task.clean, sites=["L0.resid_mid"])
+        return
     fast = patch(model, task, site)
     slow = literal_patch(model, task, site)
     assert fast.scores.shape == slow.shape

@@ -74,7 +74,7 @@ def literal_path_patch(model, task, sender, receivers, direction="noise"):
     return torch.stack(out).mean()
 
 
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
 @pytest.mark.parametrize("direction", ["noise", "denoise"])
 def test_path_patching_equals_literal(model_name, direction, request):
     model = request.getfixturevalue(model_name)
@@ -84,12 +84,19 @@ def test_path_patching_equals_literal(model_name, direction, request):
     labels = [f"L{last}H1.q", f"L{last}H2.v", f"L{last}.mlp"]
     fast = path_patch(model, task, receivers=labels, senders="heads", direction=direction)
     assert fast.dims == ("layer", "head")
-    for sender in [(0, 0), (0, 3), (last - 1, 1)]:
+    # (last, 1): a head of the receivers' own layer reaches their MLP (unless the block is parallel)
+    for sender in [(0, 0), (0, 3), (last - 1, 1), (last, 1)]:
         slow = literal_path_patch(model, task, sender, receivers, direction)
         assert fast.scores[sender].item() == pytest.approx(slow.item(), abs=ATOL)
-    # Heads in the receivers' layer have no path to them: the base value.
     base = fast.clean_value if direction == "noise" else fast.corrupt_value
-    assert torch.allclose(fast.scores[last], torch.full_like(fast.scores[last], base), atol=ATOL)
+    same_layer = fast.scores[last] - base
+    if model.cfg.parallel_attn_mlp:  # the MLP reads the block's input: its own heads never reach it
+        assert torch.allclose(same_layer, torch.zeros_like(same_layer), atol=ATOL)
+    else:
+        assert same_layer.abs().max() > 1e-4
+    # to head inputs alone, heads of the receivers' layer have no path: the base value
+    heads_only = path_patch(model, task, receivers=labels[:2], senders="heads", direction=direction)
+    assert torch.allclose(heads_only.scores[last], torch.full_like(heads_only.scores[last], base), atol=ATOL)
 
 
 def test_receivers_in_two_layers(tiny_llama):

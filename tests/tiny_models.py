@@ -48,6 +48,25 @@ def tiny_gpt2_hf(seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
+def tiny_neox_hf(seed: int = 0):
+    """A GPT-NeoX (Pythia) block: attention and MLP in parallel on the block's input, partial rotary."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=83,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        rotary_pct=0.5,
+        use_parallel_residual=True,
+        architectures=["GPTNeoXForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(config).eval()
+
+
 def tiny_llama_with_tokenizer(tokenizer):
     """The tiny Llama with its vocabulary grown to a real tokenizer's, wrapped as a Model."""
     from interpkit.models._load import wrap_hf_model

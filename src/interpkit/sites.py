@@ -212,6 +212,8 @@ def validate(site: Site | str, model: Model) -> Site:
         problem = f"key/value head {site.head} is out of range (model has {c.n_kv_heads}, 0..{c.n_kv_heads - 1})"
     elif site.kind == "mlp_out" and c.attn_only:
         problem = "the model is attention-only and has no MLP"
+    elif site.kind == "resid_mid" and c.parallel_attn_mlp:
+        problem = "its attention and MLP run in parallel on resid_pre, so there is no resid_mid"
     elif site.kind not in HEAD_KINDS and site.kind not in KV_KINDS:
         try:
             model.resolve_hook(site.hook)

@@ -6,7 +6,9 @@ Nodes that write to the residual stream (senders): ``embed``, every head ``L3H5`
 shared KV head and are named ``L3KV1.k`` / ``L3KV1.v`` — interpkit does not ungroup), every MLP
 ``L3.mlp``, and ``logits``. An edge ``u -> v`` exists when u writes before v reads in residual
 order: attention of layer l reads what embed and layers < l wrote; the MLP of layer l also reads
-layer l's heads; logits read everything. Edge labels are ``"L0H3->L1H5.k"``.
+layer l's heads, except in a model with parallel attention and MLP (GPT-NeoX / Pythia, GPT-J,
+Phi: ``model.cfg.parallel_attn_mlp``), where both read the block's input; logits read
+everything. Edge labels are ``"L0H3->L1H5.k"``.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def build_graph(model: Model) -> Graph:
             receivers.append(Node(f"L{layer}.mlp", "mlp", layer))
     receivers.append(Node("logits", "logits", c.n_layers))
     s_order = torch.tensor([n.order for n in senders])
-    r_order = torch.tensor([n.order for n in receivers])
+    # a parallel block's MLP reads what its attention reads: the block's input, at the heads' stage
+    r_order = torch.tensor([(n.layer, 0) if c.parallel_attn_mlp else n.order for n in receivers])
     before = (s_order[:, None, 0] < r_order[None, :, 0]) | (
         (s_order[:, None, 0] == r_order[None, :, 0]) & (s_order[:, None, 1] < r_order[None, :, 1])
     )

@@ -55,16 +55,23 @@ class ModelIdentity:
     n_kv_heads: int
     attn_only: bool
     graph_hash: str
+    parallel_attn_mlp: bool = False  # absent from files written before it was recorded: sequential blocks
 
     @classmethod
     def of(cls, model: Model) -> ModelIdentity:
         c = model.cfg
         graph = build_graph(model)
-        return cls(model.name, c.n_layers, c.n_heads, c.n_kv_heads, bool(c.attn_only), graph_hash(graph))
+        return cls(
+            model.name, c.n_layers, c.n_heads, c.n_kv_heads, bool(c.attn_only), graph_hash(graph), c.parallel_attn_mlp
+        )
 
     def graph(self) -> Graph:
         cfg = types.SimpleNamespace(
-            n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, attn_only=self.attn_only
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            attn_only=self.attn_only,
+            parallel_attn_mlp=self.parallel_attn_mlp,
         )
         return build_graph(types.SimpleNamespace(cfg=cfg))
 

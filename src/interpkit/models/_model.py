@@ -35,6 +35,7 @@ class ModelConfig:
     normalization: str | None  # "LN", "RMS" or None
     positional: str  # "rotary" or "standard"
     rotary_base: float | None
+    parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-NeoX, GPT-J, Phi): no resid_mid
 
     @property
     def group_size(self) -> int:
@@ -107,6 +108,7 @@ class Model:
             normalization=getattr(c, "normalization_type", None),
             positional="rotary" if positional == "rotary" else "standard",
             rotary_base=rotary_base,
+            parallel_attn_mlp=bool(getattr(c, "parallel_attn_mlp", False)),
         )
 
     def _fold_hooks(self) -> dict[str, list[str]]:

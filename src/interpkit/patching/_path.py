@@ -15,9 +15,12 @@ therefore:
    for an MLP receiver) and keeps the receiver's q, k, v (or MLP output);
 3. reruns the base input with only the receivers' values replaced, and reads the metric.
 
-Receiver ``"logits"`` measures the direct path sender -> unembedding. Senders in the same or a
-later layer than every receiver have no path and score the base value. Directions follow
-``ik.patch``: "noise" = base clean, source corrupt; "denoise" = base corrupt, source clean.
+Receiver ``"logits"`` measures the direct path sender -> unembedding. A sender reaches a head's
+input from an earlier layer only, and an MLP's input also from its own layer's attention (which
+writes ``resid_mid`` before the MLP reads it), except in a model with parallel attention and MLP
+(``model.cfg.parallel_attn_mlp``: GPT-NeoX, GPT-J), whose MLP reads the block's input. Senders
+with no path to any receiver score the base value. Directions follow ``ik.patch``: "noise" =
+base clean, source corrupt; "denoise" = base corrupt, source clean.
 """
 
 from __future__ import annotations
@@ -162,9 +165,10 @@ def path_patch(
     base_names = set(sender_hooks) | {
         model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in recv_layers if lay < model.cfg.n_layers
     }
-    base_names |= {
-        model.resolve_hook(f"blocks.{r.layer}.hook_resid_mid") for r in receiver_sites if r.kind == "mlp_out"
-    }
+    if not model.cfg.parallel_attn_mlp:
+        base_names |= {
+            model.resolve_hook(f"blocks.{r.layer}.hook_resid_mid") for r in receiver_sites if r.kind == "mlp_out"
+        }
     base_names.add(model.resolve_hook(final_hook(model)))
     base_acts, _ = capture(model, base_tokens, sorted(base_names))
     source_acts, _ = capture(model, source_tokens, sorted(sender_hooks))
@@ -174,7 +178,7 @@ def path_patch(
     base_value = ref["clean"] if direction == "noise" else ref["corrupt"]
     n_ex = len(task)
     values = base_value[None].repeat(len(sender_sites), 1).to(model.device)
-    live = [i for i, s in enumerate(sender_sites) if (s.layer if s.kind != "embed" else -1) < max(recv_layers)]
+    live = [i for i, s in enumerate(sender_sites) if any(_reaches(model, s, r) for r in receiver_sites)]
     rows = [(i, b) for i in live for b in range(n_ex)]
     final_name = model.resolve_hook(final_hook(model))
 
@@ -185,6 +189,7 @@ def path_patch(
         layer_of = torch.tensor(
             [sender_sites[i].layer if sender_sites[i].kind != "embed" else -1 for i, _ in chunk], device=model.device
         )
+        attention = torch.tensor([sender_sites[i].kind in ("z", "attn_out") for i, _ in chunk], device=model.device)
         if to_logits:
             last = base_acts[final_name]  # on the last block's device
             pos = task.answer_pos[ex]
@@ -192,7 +197,7 @@ def path_patch(
             resid = last[ex.to(last.device), pos.to(last.device)] + delta.to(last.device)
             final = _tail(model, resid)
         else:
-            patches = _receiver_values(model, receiver_sites, base_acts, deltas, layer_of, ex)
+            patches = _receiver_values(model, receiver_sites, base_acts, deltas, layer_of, attention, ex)
             start_layer = min(recv_layers)
             resid0 = base_acts[model.resolve_hook(f"blocks.{start_layer}.hook_resid_pre")]
             final = forward_final(model, resid0[ex.to(resid0.device)], start_layer, task.answer_pos[ex], patches)
@@ -242,16 +247,24 @@ def _receiver_values(
     base_acts: dict[str, torch.Tensor],
     deltas: torch.Tensor,
     sender_layer: torch.Tensor,
+    attention: torch.Tensor,
     ex: torch.Tensor,
 ) -> list[tuple[str, Any]]:
-    """Hooks that write each receiver's input-patched value (step 2 of the module docstring)."""
+    """Hooks that write each receiver's input-patched value (step 2 of the module docstring).
+
+    ``sender_layer`` and ``attention`` (whether the sender is a head or an attention output) per row.
+    """
     import torch
 
+    parallel = model.cfg.parallel_attn_mlp
     patches: list[tuple[str, Any]] = []
     for layer in sorted({r.layer for r in receivers}):
         group = [r for r in receivers if r.layer == layer]
-        # Only senders strictly before this layer have a path to it.
+        # Senders strictly before this layer reach its attention (and a parallel block's MLP) ...
         delta = deltas * (sender_layer < layer).to(deltas.dtype)[:, None, None]
+        # ... and this layer's attention also reaches a sequential block's MLP, through resid_mid.
+        to_mlp = (sender_layer < layer) | ((sender_layer == layer) & attention)
+        mid_delta = deltas * to_mlp.to(deltas.dtype)[:, None, None]
         wanted = {model.resolve_hook(r.hook) for r in group}
         kept: dict[str, torch.Tensor] = {}
 
@@ -260,15 +273,15 @@ def _receiver_values(
             if wanted <= set(kept):
                 raise _StopForward
 
-        mid_name = model.resolve_hook(f"blocks.{layer}.hook_resid_mid")
         fwd = [(n, keep) for n in sorted(wanted)]
         pre = base_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")]
         start = pre[ex.to(pre.device)]
-        if any(r.kind == "mlp_out" for r in group):
+        if any(r.kind == "mlp_out" for r in group) and not parallel:
+            mid_name = model.resolve_hook(f"blocks.{layer}.hook_resid_mid")
             mid = base_acts[mid_name]
-            frozen_mid = mid[ex.to(mid.device)] + delta.to(mid.device)
+            frozen_mid = mid[ex.to(mid.device)] + mid_delta.to(mid.device)
             fwd.insert(0, (mid_name, lambda act, hook, v=frozen_mid: v.to(act.device)))
-        if any(r.kind != "mlp_out" for r in group):
+        if parallel or any(r.kind != "mlp_out" for r in group):
             start = start + delta.to(start.device)
         try:
             from interpkit.hooks import hooks
@@ -292,6 +305,17 @@ def _receiver_values(
                 mask[tuple(index)] = True
             patches.append((name, masked_patch_hook(lambda s, d, m=mask: m, value)))
     return _merge_same_hook(patches)
+
+
+def _reaches(model: Model, sender: Site, receiver: Site) -> bool:
+    """Whether ``sender``'s output reaches ``receiver``'s input through the residual stream."""
+    if receiver.kind == "logits":
+        return True
+    layer = sender.layer if sender.kind != "embed" else -1
+    if layer < receiver.layer:
+        return True
+    same_block_mlp = receiver.kind == "mlp_out" and not model.cfg.parallel_attn_mlp
+    return same_block_mlp and layer == receiver.layer and sender.kind in ("z", "attn_out")
 
 
 def _merge_same_hook(patches: list[tuple[str, Any]]) -> list[tuple[str, Any]]:

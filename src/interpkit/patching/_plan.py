@@ -104,6 +104,11 @@ def make_plan(
         raise SiteError(f"site 'mlp_out' is not in {model.name}: the model is attention-only")
     if kind == "resid_mid" and c.attn_only:
         raise SiteError(f"site 'resid_mid' is not in {model.name}: an attention-only model has no resid_mid")
+    if kind == "resid_mid" and c.parallel_attn_mlp:
+        raise SiteError(
+            f"site 'resid_mid' is not in {model.name}: its attention and MLP run in parallel on resid_pre "
+            "(patch resid_pre, attn_out or mlp_out instead)"
+        )
     layer_list = list(range(c.n_layers)) if layers is None else list(layers)
     bad = [lay for lay in layer_list if not 0 <= lay < c.n_layers]
     if bad:
