@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interpkit.attribution.eap import edge_scores, split_inputs
+from interpkit.attribution.eap import AttributionError, edge_scores, split_inputs
 from interpkit.attribution.graph import build_graph
 from interpkit.hooks import hooks
 from interpkit.metrics import evaluate
@@ -82,6 +82,23 @@ def test_exact_edges_equal_literal_edge_patching(tiny_llama):
     for kind, head, label in [("q", 4, "L2H4.q"), ("k", 1, "L2KV1.k")]:
         literal = (_edge_patch(tiny_llama, task, (0, 3), kind, head, 1.0) - base).item()
         assert exact.scores[exact.labels["edge"].index(f"L0H3->{label}")].item() == pytest.approx(literal, abs=1e-5)
+
+
+def test_receivers_a_bridge_does_not_read_are_refused_not_scored_zero(tiny_phi):
+    """Phi's bridge feeds its MLP from the shared norm, never through hook_mlp_in: patching an
+    edge there would change nothing and score 0, so exact edges refuse it, as EAP does."""
+    task = _task(tiny_phi)
+    with pytest.raises(AttributionError, match=r"cannot reach the receiver inputs \['blocks.0.hook_mlp_in'\]"):
+        edge_scores(tiny_phi, task, "exact")
+    with pytest.raises(AttributionError, match="no gradient reached"):
+        edge_scores(tiny_phi, task, "eap")
+    graph = build_graph(tiny_phi)
+    heads_only = [graph.edge_index(e) for e in ("L0H1->L1H2.q", "L0H0->L1H3.v", "embed->L1H0.k")]
+    from interpkit.attribution.edge_exact import exact_edges
+
+    clean_lp = tiny_phi(task.clean)[torch.arange(len(task)), task.answer_pos].log_softmax(-1)
+    change = exact_edges(tiny_phi, task, graph, heads_only, "noise", "logit_diff", clean_lp)
+    assert change.isfinite().all() and change.abs().max() > 0  # head inputs are read: those edges work
 
 
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])

@@ -74,7 +74,7 @@ def literal_path_patch(model, task, sender, receivers, direction="noise"):
     return torch.stack(out).mean()
 
 
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_phi"])
 @pytest.mark.parametrize("direction", ["noise", "denoise"])
 def test_path_patching_equals_literal(model_name, direction, request):
     model = request.getfixturevalue(model_name)

@@ -67,6 +67,24 @@ def tiny_neox_hf(seed: int = 0):
     return GPTNeoXForCausalLM(config).eval()
 
 
+def tiny_phi_hf(seed: int = 0):
+    """A Phi block: one LayerNorm read by attention and MLP in parallel, partial rotary."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    config = PhiConfig(
+        vocab_size=79,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        partial_rotary_factor=0.5,
+        architectures=["PhiForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    return PhiForCausalLM(config).eval()
+
+
 def tiny_llama_with_tokenizer(tokenizer):
     """The tiny Llama with its vocabulary grown to a real tokenizer's, wrapped as a Model."""
     from interpkit.models._load import wrap_hf_model

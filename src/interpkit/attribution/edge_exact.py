@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from interpkit.attribution._endpoints import _sender_names, sender_outputs, split_inputs
-from interpkit.attribution.eap import _projected_receivers
+from interpkit.attribution.eap import AttributionError, _projected_receivers
 from interpkit.metrics import get as get_metric
 from interpkit.patching._engine import auto_rows, capture, forward_final, run_chunked
 
@@ -49,6 +49,30 @@ def _receiver_hook(model: Model, node: Node, projected: bool = False) -> tuple[s
     if projected:
         return f"blocks.{node.layer}.attn.hook_{node.kind}", node.index, node.layer
     return f"blocks.{node.layer}.hook_{node.kind}_input", node.index, node.layer
+
+
+def _dead_hooks(model: Model, names: Sequence[str], tokens: torch.Tensor) -> list[str]:
+    """The hooks among ``names`` that a change does not reach the output from, checked once per
+    model and kind of hook (at the first layer it is used) on one example."""
+    import torch
+
+    from interpkit.hooks import hooks
+
+    def layer_and_kind(name: str) -> tuple[int, str]:  # "blocks.3.hook_mlp_in" -> (3, "hook_mlp_in")
+        parts = name.split(".", 2)
+        return (int(parts[1]), parts[2]) if parts[0] == "blocks" and len(parts) == 3 else (-1, name)
+
+    known: dict[str, bool] = model.__dict__.setdefault("_interpkit_live_hooks", {})
+    first: dict[str, str] = {}
+    for name in sorted(names, key=layer_and_kind):
+        first.setdefault(layer_and_kind(name)[1], name)
+    todo = [kind for kind in first if kind not in known]
+    if todo:
+        ref = model(tokens)
+        for kind in todo:
+            with hooks(model, fwd=[(first[kind], lambda act, hook: act + act.std() + 1.0)]):
+                known[kind] = not torch.equal(model(tokens), ref)
+    return [first[kind] for kind in first if not known[kind]]
 
 
 def exact_edges(
@@ -86,6 +110,14 @@ def exact_edges(
         by_layer.setdefault(_receiver_hook(model, graph.receivers[r])[2], []).append(i)
     batch_rows = auto_rows(model, task.n_pos)
     with contextlib.nullcontext() if projected else split_inputs(model), torch.inference_mode():
+        used = {_receiver_hook(model, graph.receivers[r], projected)[0] for _, r in pairs}
+        dead = _dead_hooks(model, sorted(used), target[:1])
+        if dead:
+            raise AttributionError(
+                f"exact edge patching cannot reach the receiver inputs {dead} of {model.name}: this architecture's "
+                "bridge does not read them (a change there leaves the output unchanged). "
+                "ik.patching.path_patch reaches every receiver through the residual stream instead"
+            )
         for layer, ids in sorted(by_layer.items()):
             start = target_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")]
             row_edge = [i for i in ids for _ in range(n)]
