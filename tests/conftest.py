@@ -9,7 +9,7 @@ import torch
 
 from interpkit.models import Model, boot_native, load_model
 from interpkit.models._load import wrap_hf_model
-from tiny_models import NATIVE_TINY, tiny_gpt2_hf, tiny_llama_hf, tiny_neox_hf, tiny_phi_hf
+from tiny_models import NATIVE_TINY, tiny_gemma_hf, tiny_gpt2_hf, tiny_llama_hf, tiny_neox_hf, tiny_phi_hf
 
 # Tiny models run ~10x faster on one thread than on two contended ones; integration tests on the
 # embedded model lose little by it.
@@ -61,6 +61,12 @@ def tiny_neox() -> Model:
 def tiny_phi() -> Model:
     """A Phi-like model: one LayerNorm shared by parallel attention and MLP (its bridge skips hook_mlp_in)."""
     return wrap_hf_model(tiny_phi_hf(), None, spec="tiny-phi")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma() -> Model:
+    """A Gemma-like model: its norms' gain is 1 + weight."""
+    return wrap_hf_model(tiny_gemma_hf(), None, spec="tiny-gemma")
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,31 @@ def tiny_phi_hf(seed: int = 0):
     return PhiForCausalLM(config).eval()
 
 
+def tiny_gemma_hf(seed: int = 0):
+    """A Gemma block: RMSNorms that multiply by ``1 + weight`` (weights moved off their zero init),
+    embeddings scaled by sqrt(d_model), GQA, tied unembedding."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    config = GemmaConfig(
+        vocab_size=71,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        architectures=["GemmaForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    model = GemmaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    return model
+
+
 def tiny_llama_with_tokenizer(tokenizer):
     """The tiny Llama with its vocabulary grown to a real tokenizer's, wrapped as a Model."""
     from interpkit.models._load import wrap_hf_model

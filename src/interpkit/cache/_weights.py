@@ -117,9 +117,47 @@ def final_norm(model: Model) -> FinalNorm:
     weight = bias = None
     if not kind.endswith("Pre"):
         weight = _attr(inner, "weight")
-        bias = _attr(inner, "bias")
-        if weight is None or tuple(weight.shape) != (model.cfg.d_model,):
+        if weight is None or tuple(weight.shape) != (model.cfg.d_model,) or not callable(inner):
             raise CacheError(f"cannot read the final norm's weight of {model.name}")
-        weight = weight.detach()
-        bias = None if bias is None else bias.detach()
+        weight, bias = _affine(inner, model.cfg.d_model, float(eps), weight.detach(), _attr(inner, "bias"))
     return FinalNorm(kind.startswith("LN"), weight, bias, float(eps))
+
+
+def _affine(
+    norm: Any, d: int, eps: float, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The elementwise ``(gain, bias)`` a norm module applies after normalising, read off the module.
+
+    Its ``weight`` parameter is not always the gain: Gemma's RMSNorm multiplies by ``1 + weight``.
+    Two calls on ``x`` and ``-x``, with ``x`` of mean zero and entries of magnitude 1 or 2, give
+    ``gain = (f(x) - f(-x)) / 2 * s / x`` and ``bias = (f(x) + f(-x)) / 2``, where ``s =
+    sqrt(mean(x^2) + eps)`` is the scale either norm (LayerNorm or RMSNorm) computes for ``x``.
+    Where the measured gain is ``weight`` or ``1 + weight`` (and the bias the ``bias``
+    parameter) to the module's rounding, the parameters themselves are returned, exactly.
+    """
+    import torch
+
+    x = torch.ones(d, dtype=torch.float64)
+    x[1::2] = -1.0
+    if d % 2 and d >= 3:  # keep the mean at zero: the last three are 2, -1, -1
+        x[-3:] = torch.tensor([2.0, -1.0, -1.0], dtype=torch.float64)
+    s = (x.pow(2).mean() + eps).sqrt()
+    probe = torch.stack([x, -x]).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        plus, minus = norm(probe[:, None, :]).double()[:, 0].unbind(0)
+    gain, offset = (plus - minus) / 2 * s / x, (plus + minus) / 2
+    tol = 4 * torch.finfo(weight.dtype).eps * float(gain.abs().max().clamp_min(1.0))
+
+    def near(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool(((a - b.double().to(a.device)).abs() <= tol * (1 + b.double().abs().to(a.device))).all())
+
+    for candidate in (weight, 1 + weight):
+        if near(gain, candidate):
+            gain = candidate
+            break
+    else:
+        gain = gain.to(weight.dtype)
+    if bias is not None and near(offset, bias.detach()):
+        return gain, bias.detach()
+    has_bias = bool(offset.abs().max() > tol)
+    return gain, offset.to(weight.dtype) if has_bias else None
