@@ -170,7 +170,7 @@ def test_edges_on_a_bridge_without_split_inputs(toy):
         assert score == pytest.approx(((moved - base) / eps).item(), rel=3e-2, abs=3e-3)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_gemma"])
 def test_gradients_through_the_norm_equal_per_head_copies(model_name, request):
     """One ordinary forward, gradients at hook_q/k/v mapped back through W and the norm's Jacobian,
     equals the per-head-copy ("split") gradients, also along an EAP-IG embedding path."""

@@ -22,15 +22,18 @@ def norm_backward(module: Any, kind: str | None, x: torch.Tensor, grad: torch.Te
     """Vector-Jacobian product of the norm ``module`` at input ``x`` (rows, pos, d) for ``grad`` (rows, pos, k, d).
 
     RMSNorm ``y = w x / r``: ``dx = w g / r - x (x · w g) / (d r^3)``; LayerNorm
-    ``y = w x̂ + b``: ``dx = (g' - mean(g') - x̂ mean(g' x̂)) / σ`` with ``g' = w g``.
+    ``y = w x̂ + b``: ``dx = (g' - mean(g') - x̂ mean(g' x̂)) / σ`` with ``g' = w g``; ``w`` is the
+    norm's gain as :func:`interpkit.cache._weights.norm_affine` reads it.
     """
     import torch
 
     if kind is None:
         return grad
+    from interpkit.cache._weights import norm_affine, norm_eps
+
     inner = getattr(module, "_original_component", module)
-    w = inner.weight.detach().float().to(grad.device)
-    eps = float(getattr(inner, "variance_epsilon", getattr(inner, "eps", 1e-5)))
+    eps = norm_eps(inner)
+    w = norm_affine(inner, eps)[0].float().to(grad.device)  # the gain: Gemma's is 1 + weight
     x = x.to(grad.device).float()[:, :, None]  # (rows, pos, 1, d); a block's input may arrive from the device before
     g = grad.float() * w
     if kind == "RMS":

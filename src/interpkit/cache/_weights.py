@@ -113,19 +113,23 @@ def final_norm(model: Model) -> FinalNorm:
     if kind not in ("LN", "LNPre", "RMS", "RMSPre"):
         raise CacheError(f"final norm type {kind!r} of {model.name} is not supported by the residual analyses")
     inner = _attr(_attr(model.bridge, "ln_final"), "_original_component")
-    eps = _attr(inner, "eps") or _attr(inner, "variance_epsilon") or _attr(model.bridge.cfg, "eps") or 1e-5
+    eps = norm_eps(inner, model)
     weight = bias = None
     if not kind.endswith("Pre"):
         weight = _attr(inner, "weight")
         if weight is None or tuple(weight.shape) != (model.cfg.d_model,) or not callable(inner):
             raise CacheError(f"cannot read the final norm's weight of {model.name}")
-        weight, bias = _affine(inner, model.cfg.d_model, float(eps), weight.detach(), _attr(inner, "bias"))
-    return FinalNorm(kind.startswith("LN"), weight, bias, float(eps))
+        weight, bias = norm_affine(inner, eps)
+    return FinalNorm(kind.startswith("LN"), weight, bias, eps)
 
 
-def _affine(
-    norm: Any, d: int, eps: float, weight: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def norm_eps(norm: Any, model: Model | None = None) -> float:
+    """A norm module's epsilon (HF's ``variance_epsilon`` or ``eps``, else the model's)."""
+    eps = _attr(norm, "eps") or _attr(norm, "variance_epsilon")
+    return float(eps or (model is not None and _attr(model.bridge.cfg, "eps")) or 1e-5)
+
+
+def norm_affine(norm: Any, eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The elementwise ``(gain, bias)`` a norm module applies after normalising, read off the module.
 
     Its ``weight`` parameter is not always the gain: Gemma's RMSNorm multiplies by ``1 + weight``.
@@ -137,6 +141,8 @@ def _affine(
     """
     import torch
 
+    weight, bias = norm.weight.detach(), _attr(norm, "bias")
+    d = weight.shape[-1]
     x = torch.ones(d, dtype=torch.float64)
     x[1::2] = -1.0
     if d % 2 and d >= 3:  # keep the mean at zero: the last three are 2, -1, -1
