@@ -90,13 +90,14 @@ class _Norm:
 def _norm(module: Any, kind: str | None, eps: float) -> _Norm:
     if kind is None:
         return _Norm(None, None, None, eps)
+    from interpkit.cache._weights import norm_affine
+
     inner = getattr(module, "_original_component", module)
-    w = getattr(inner, "weight", None)
-    if w is None:
+    if getattr(inner, "weight", None) is None or not callable(inner):
         raise SuffixUnsupported(f"cannot find the weight of norm {type(inner).__name__}")
     eps = float(getattr(inner, "variance_epsilon", getattr(inner, "eps", eps)))
-    b = getattr(inner, "bias", None)
-    return _Norm(kind, w.detach(), None if b is None else b.detach(), eps)
+    gain, bias = norm_affine(inner, eps)  # the gain, which is 1 + weight in Gemma's norms
+    return _Norm(kind, gain, bias, eps)
 
 
 @dataclasses.dataclass
