@@ -100,6 +100,26 @@ def test_steer_sweep_is_monotone_in_the_direction_of_the_probe(text_model, numbe
     assert float(moved[0][0]) * float(moved[1][0]) <= 0
 
 
+def test_following_weights_fold_in_each_norms_real_gain(tiny_gemma, tiny_llama, tiny_phi):
+    from interpkit.probing._das import _norm_weight
+
+    ln1 = tiny_gemma.bridge.blocks[0].ln1._original_component
+    torch.testing.assert_close(_norm_weight(tiny_gemma.bridge.blocks[0].ln1), 1 + ln1.weight.detach().float())
+    llama_ln1 = tiny_llama.bridge.blocks[0].ln1._original_component
+    assert torch.equal(_norm_weight(tiny_llama.bridge.blocks[0].ln1), llama_ln1.weight.detach().float())
+    c = tiny_gemma.cfg
+    m = P.following_weights(tiny_gemma, "L0.resid_post")  # block 1's q, k, v, then MLP in and gate
+    q = tiny_gemma.bridge.W_Q[1].detach().float().permute(0, 2, 1).reshape(-1, c.d_model)
+    gain = _norm_weight(tiny_gemma.bridge.blocks[1].ln1)
+    torch.testing.assert_close(m[: c.n_heads * c.d_head], q * gain[None, :])
+    # Phi's MLP reads the block's one norm: its rows are scaled by ln1's gain, not left unscaled
+    phi = tiny_phi.cfg
+    rows = P.following_weights(tiny_phi, "L0.resid_pre")
+    assert rows.shape == ((phi.n_heads + 2 * phi.n_kv_heads) * phi.d_head + phi.d_mlp, phi.d_model)
+    w_in = tiny_phi.bridge.W_in[0].detach().float().T * _norm_weight(tiny_phi.bridge.blocks[0].ln1)[None, :]
+    torch.testing.assert_close(rows[-phi.d_mlp :], w_in - w_in.mean(1, keepdim=True))
+
+
 def test_following_weights_and_the_rowspace_split(text_model, tiny_gpt2):
     assert P.following_weights(text_model, "L0H1").shape == (32, 8)
     assert P.following_weights(text_model, "blocks.0.mlp.hook_post").shape == (32, 64)

@@ -38,10 +38,14 @@ if TYPE_CHECKING:
 
 
 def _norm_weight(module: Any) -> torch.Tensor | None:
-    for name, p in module.named_parameters():
-        if name.endswith("weight") and p.ndim == 1:
-            return p.detach().float()
-    return None
+    """A norm's elementwise gain (Gemma's is ``1 + weight``), or None for a weightless norm."""
+    from interpkit.cache._weights import norm_affine, norm_eps
+
+    inner = getattr(module, "_original_component", module)
+    weight = getattr(inner, "weight", None)
+    if weight is None or weight.ndim != 1 or not callable(inner):
+        return None
+    return norm_affine(inner, norm_eps(inner))[0].detach().float()
 
 
 def following_weights(model: Model, site: str) -> torch.Tensor:
@@ -86,7 +90,10 @@ def following_weights(model: Model, site: str) -> torch.Tensor:
             mlp = [b.W_in[reader].detach().float().T]
             with contextlib.suppress(AttributeError, KeyError, TypeError, IndexError, NotImplementedError):
                 mlp.append(b.W_gate[reader].detach().float().T)  # gated MLPs read the residual twice
-            blocks.append((torch.cat(mlp), _norm_weight(block.ln2) if hasattr(block, "ln2") else None))
+            # the MLP's norm: ln2, or in a parallel block without one (Phi) the shared ln1
+            ln_mlp = getattr(block, "ln2", None)
+            ln_mlp = block.ln1 if ln_mlp is None and c.parallel_attn_mlp else ln_mlp
+            blocks.append((torch.cat(mlp), _norm_weight(ln_mlp) if ln_mlp is not None else None))
     rows = []
     for m, scale in blocks:
         m = m * scale[None, :].to(m.device) if scale is not None else m
