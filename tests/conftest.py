@@ -9,7 +9,15 @@ import torch
 
 from interpkit.models import Model, boot_native, load_model
 from interpkit.models._load import wrap_hf_model
-from tiny_models import NATIVE_TINY, tiny_gemma_hf, tiny_gpt2_hf, tiny_llama_hf, tiny_neox_hf, tiny_phi_hf
+from tiny_models import (
+    NATIVE_TINY,
+    tiny_gemma2_hf,
+    tiny_gemma_hf,
+    tiny_gpt2_hf,
+    tiny_llama_hf,
+    tiny_neox_hf,
+    tiny_phi_hf,
+)
 
 # Tiny models run ~10x faster on one thread than on two contended ones; integration tests on the
 # embedded model lose little by it.
@@ -67,6 +75,12 @@ def tiny_phi() -> Model:
 def tiny_gemma() -> Model:
     """A Gemma-like model: its norms' gain is 1 + weight."""
     return wrap_hf_model(tiny_gemma_hf(), None, spec="tiny-gemma")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2() -> Model:
+    """A Gemma-2-like model: post-attention and post-MLP norms (the residual gets normed outputs)."""
+    return wrap_hf_model(tiny_gemma2_hf(), None, spec="tiny-gemma2")
 
 
 @pytest.fixture(scope="session")

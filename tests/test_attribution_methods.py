@@ -184,7 +184,7 @@ def test_fast_exact_edges_equal_edge_by_edge(model_name, request):
     assert fast[s, r].item() == pytest.approx((patched - base).item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_gpt2", "tiny_llama", "tiny_gemma", "tiny_neox"])
+@pytest.mark.parametrize("model_name", ["tiny_gpt2", "tiny_llama", "tiny_gemma", "tiny_gemma2", "tiny_neox"])
 def test_dla_sums_to_the_logit_difference(model_name, request):
     model = request.getfixturevalue(model_name)
     task = random_task(model, n=3, pos=6, seed=0, ragged=True)

@@ -48,66 +48,54 @@ def tiny_gpt2_hf(seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
-def tiny_neox_hf(seed: int = 0):
-    """A GPT-NeoX (Pythia) block: attention and MLP in parallel on the block's input, partial rotary."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+def _tiny_hf(arch: str, seed: int, move_norms: bool = False, **fields):
+    """A 2-layer, 4-head, d_model 32 Hugging Face model of architecture ``arch`` ("GPTNeoX",
+    "Phi", ...), seeded; ``move_norms``: norm weights moved off their init, as training would."""
+    import transformers
 
-    config = GPTNeoXConfig(
-        vocab_size=83,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        rotary_pct=0.5,
-        use_parallel_residual=True,
-        architectures=["GPTNeoXForCausalLM"],
+    shared = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = getattr(transformers, f"{arch}Config")(
+        max_position_embeddings=64, architectures=[f"{arch}ForCausalLM"], **shared, **fields
     )
     torch.manual_seed(seed)
-    return GPTNeoXForCausalLM(config).eval()
+    model = getattr(transformers, f"{arch}ForCausalLM")(config).eval()
+    if move_norms:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.3)
+    return model
+
+
+def tiny_neox_hf(seed: int = 0):
+    """A GPT-NeoX (Pythia) block: attention and MLP in parallel on the block's input, partial rotary."""
+    return _tiny_hf("GPTNeoX", seed, vocab_size=83, rotary_pct=0.5, use_parallel_residual=True)
 
 
 def tiny_phi_hf(seed: int = 0):
     """A Phi block: one LayerNorm read by attention and MLP in parallel, partial rotary."""
-    from transformers import PhiConfig, PhiForCausalLM
-
-    config = PhiConfig(
-        vocab_size=79,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        partial_rotary_factor=0.5,
-        architectures=["PhiForCausalLM"],
-    )
-    torch.manual_seed(seed)
-    return PhiForCausalLM(config).eval()
+    return _tiny_hf("Phi", seed, vocab_size=79, partial_rotary_factor=0.5)
 
 
 def tiny_gemma_hf(seed: int = 0):
     """A Gemma block: RMSNorms that multiply by ``1 + weight`` (weights moved off their zero init),
     embeddings scaled by sqrt(d_model), GQA, tied unembedding."""
-    from transformers import GemmaConfig, GemmaForCausalLM
+    return _tiny_hf("Gemma", seed, True, vocab_size=71, num_key_value_heads=2, head_dim=8)
 
-    config = GemmaConfig(
-        vocab_size=71,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+
+def tiny_gemma2_hf(seed: int = 0):
+    """A Gemma 2 block: norms before *and after* attention and MLP (``1 + weight`` gains, moved
+    off their init), GQA; soft-capping off, so that direct logit attribution is exact."""
+    return _tiny_hf(
+        "Gemma2",
+        seed,
+        True,
+        vocab_size=67,
         num_key_value_heads=2,
         head_dim=8,
-        max_position_embeddings=64,
-        architectures=["GemmaForCausalLM"],
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
     )
-    torch.manual_seed(seed)
-    model = GemmaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(torch.randn_like(param) * 0.3)
-    return model
 
 
 def tiny_llama_with_tokenizer(tokenizer):

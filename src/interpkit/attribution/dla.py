@@ -106,10 +106,22 @@ def dla(model: Model, task: Task, by: str = "head", *, seed: int = 0) -> Result:
             "norm": "final norm linearised with the clean run's scale",
             "residual_error": float(gap.max()),
             "residual_error_relative": float(gap.max() / actual.abs().mean().clamp_min(1e-12)),
+            **_softcap_note(model),
         },
         extras={"per_example": per_example, **extras},
         provenance=make_provenance(model, task, seed),
     )
+
+
+def _softcap_note(model: Model) -> dict[str, str]:
+    """A note for models that soft-cap their logits (Gemma 2): the terms are linear, the cap is not."""
+    cap = float(getattr(model.bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+    if cap <= 0:
+        return {}
+    return {
+        "note": f"the model soft-caps its logits at {cap:g} (tanh): the terms are those of the uncapped "
+        "logit difference, and residual_error measures how far the cap moves the model's own"
+    }
 
 
 def _accumulated(terms: torch.Tensor, labels: list[str], n_layers: int) -> tuple[torch.Tensor, list[str]]:
@@ -130,13 +142,13 @@ def _by_position(model: Model, task: Task, cache: Any, terms: torch.Tensor, labe
     import torch
 
     from interpkit.cache._analysis import apply_ln_final
-    from interpkit.cache._weights import head_out_weights
+    from interpkit.cache._weights import head_out_weights, post_attn_norm
     from interpkit.patching._engine import capture
 
     c = model.cfg
     names = [f"blocks.{lay}.attn.hook_{kind}" for lay in range(c.n_layers) for kind in ("v", "pattern")]
     acts, _ = capture(model, task.clean, names)
-    w_o, _ = head_out_weights(model)
+    w_o, b_o = head_out_weights(model)
     n = len(task)
     rows = torch.arange(n, device=model.device)
     direction = _direction(model, task)
@@ -148,6 +160,10 @@ def _by_position(model: Model, task: Task, cache: Any, terms: torch.Tensor, labe
         p = acts[model.resolve_hook(f"blocks.{lay}.attn.hook_pattern")]
         a = p[rows.to(p.device), :, task.answer_pos.to(p.device)].float().to(model.device)  # (b, h, k)
         per_key = torch.einsum("bhk,bkhe,hem->bkm", a, v, w_o[lay].float().to(v.device))  # (b, pos, d_model)
+        post = post_attn_norm(model, lay)
+        if post is not None:  # the block's post-attention norm, at the scale of its whole output
+            total = per_key.sum(1) + (0 if b_o is None else b_o[lay].float().to(per_key.device))
+            per_key = post.linear(per_key, post.scale(total.float())[:, None])
         normed = apply_ln_final(cache, per_key)
         out += torch.einsum("bkm,bm->kb", normed.float(), direction).cpu()
     heads = [i for i, lab in enumerate(labels) if lab.startswith("L") and "H" in lab and "." not in lab]

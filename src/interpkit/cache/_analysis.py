@@ -1,7 +1,9 @@
 """Residual-stream analyses over an ActivationCache, correct on raw (unfolded) TransformerBridges.
 
 The residual stream is a sum: ``resid_final = embed [+ pos_embed] + sum_l (sum_h z_lh @ W_O[l,h]
-+ b_O[l] + mlp_out_l)``. Head outputs are computed here from ``hook_z`` and the bridge's
++ b_O[l] + mlp_out_l)``. Where a block normalises its attention output before adding it (Gemma 2,
+OLMo2: ``ln1_post``), that norm is linearised at this run like the final norm: each head's term
+is its output divided by the scale of the whole attention output, times the norm's gain. Head outputs are computed here from ``hook_z`` and the bridge's
 ``W_O`` (hook_result does not fire on a bridge by default). Direct logit attribution
 (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits") pushes each term through
 the final norm *linearised at this run*: centred (LayerNorm only), divided by the scale the run
@@ -21,7 +23,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from interpkit.cache._errors import CacheError, CacheWarning
-from interpkit.cache._weights import final_norm, head_out_weights, unembed_weights
+from interpkit.cache._weights import final_norm, head_out_weights, post_attn_norm, unembed_weights
 
 if TYPE_CHECKING:
     import torch
@@ -121,10 +123,19 @@ def _components(cache: ActivationCache, layer: int) -> tuple[torch.Tensor, list[
         _, b_o = head_out_weights(cache.model)
         mlps = found[len(names) - layer :] if not c.attn_only else []
         for ell in range(layer):
-            parts.extend(heads[ell].unbind(0))
+            layer_heads = heads[ell]  # (head, batch, pos, d_model)
+            bias = None if b_o is None else b_o[ell].to(embed.device, dtype).expand(embed.shape)
+            post = post_attn_norm(cache.model, ell)
+            if post is not None:  # linearised at this run: each head's share of the normed output
+                scale = post.scale(layer_heads.sum(0) + (0 if bias is None else bias))
+                layer_heads = post.linear(layer_heads, scale)
+                bias = None if bias is None else post.linear(bias, scale)
+                if post.bias is not None:
+                    bias = post.bias.to(embed.device, dtype).expand(embed.shape) + (0 if bias is None else bias)
+            parts.extend(layer_heads.unbind(0))
             labels.extend(head_labels[ell * c.n_heads : (ell + 1) * c.n_heads])
-            if b_o is not None:
-                parts.append(b_o[ell].to(embed.device, dtype).expand(embed.shape))
+            if bias is not None:
+                parts.append(bias)
                 labels.append(f"L{ell}.attn_bias")
             if mlps:
                 parts.append(mlps[ell].to(dtype))

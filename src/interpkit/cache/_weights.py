@@ -167,3 +167,17 @@ def norm_affine(norm: Any, eps: float) -> tuple[torch.Tensor, torch.Tensor | Non
         return gain, bias.detach()
     has_bias = bool(offset.abs().max() > tol)
     return gain, offset.to(weight.dtype) if has_bias else None
+
+
+def post_attn_norm(model: Model, layer: int) -> FinalNorm | None:
+    """The norm a block applies to its attention output before adding it to the residual stream
+    (Gemma 2, OLMo2: ``ln1_post``), or None where the output is added as it is."""
+    module = _attr(model.bridge.blocks[layer], "ln1_post")
+    if module is None:
+        return None
+    inner = _attr(module, "_original_component") or module
+    if _attr(inner, "weight") is None or not callable(inner):
+        raise CacheError(f"cannot read the post-attention norm of block {layer} of {model.name}")
+    eps = norm_eps(inner, model)
+    gain, bias = norm_affine(inner, eps)
+    return FinalNorm(str(model.cfg.normalization).startswith("LN"), gain, bias, eps)
