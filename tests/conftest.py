@@ -59,28 +59,21 @@ def tiny_gpt2(tiny_gpt2_pair) -> Model:
     return tiny_gpt2_pair[0]
 
 
-@pytest.fixture(scope="session")
-def tiny_neox() -> Model:
-    """A GPT-NeoX-like model: parallel attention and MLP (no resid_mid), LayerNorm, partial rotary."""
-    return wrap_hf_model(tiny_neox_hf(), None, spec="tiny-neox")
+def _wrapped_fixture(build, spec: str):
+    """A session fixture: the Hugging Face model ``build()`` makes (see ``tiny_models``), wrapped."""
+
+    @pytest.fixture(scope="session")
+    def fixture() -> Model:
+        return wrap_hf_model(build(), None, spec=spec)
+
+    fixture.__doc__ = build.__doc__
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def tiny_phi() -> Model:
-    """A Phi-like model: one LayerNorm shared by parallel attention and MLP (its bridge skips hook_mlp_in)."""
-    return wrap_hf_model(tiny_phi_hf(), None, spec="tiny-phi")
-
-
-@pytest.fixture(scope="session")
-def tiny_gemma() -> Model:
-    """A Gemma-like model: its norms' gain is 1 + weight."""
-    return wrap_hf_model(tiny_gemma_hf(), None, spec="tiny-gemma")
-
-
-@pytest.fixture(scope="session")
-def tiny_gemma2() -> Model:
-    """A Gemma-2-like model: post-attention and post-MLP norms (the residual gets normed outputs)."""
-    return wrap_hf_model(tiny_gemma2_hf(), None, spec="tiny-gemma2")
+tiny_neox = _wrapped_fixture(tiny_neox_hf, "tiny-neox")  # parallel attention and MLP, no resid_mid
+tiny_phi = _wrapped_fixture(tiny_phi_hf, "tiny-phi")  # one shared norm; its bridge skips hook_mlp_in
+tiny_gemma = _wrapped_fixture(tiny_gemma_hf, "tiny-gemma")  # norm gains are 1 + weight
+tiny_gemma2 = _wrapped_fixture(tiny_gemma2_hf, "tiny-gemma2")  # norms after attention and MLP too
 
 
 @pytest.fixture(scope="session")

@@ -173,6 +173,11 @@ def all_sites(model: Model, kind: str | None = None) -> list[Site]:
     return out
 
 
+def is_pattern(name: Any) -> bool:
+    """Whether ``name`` is a shell wildcard (``*``, ``?`` or ``[``) rather than one label or hook name."""
+    return isinstance(name, str) and any(ch in name for ch in "*?[")
+
+
 def expand(model: Model, names: Iterable[Any]) -> list[Any]:
     """``names`` with shell wildcards (``"L*.resid_post"``, ``"blocks.*.attn.hook_z"``) replaced by
     the site labels and hook names of ``model`` they match, in forward order; other names (and
@@ -187,7 +192,7 @@ def expand(model: Model, names: Iterable[Any]) -> list[Any]:
             continue
         if not isinstance(name, str):
             raise SiteError(f"a site must be a label like 'L3.resid_pre' or a hook name, got {name!r}")
-        if not any(ch in name for ch in "*?["):
+        if not is_pattern(name):
             out.append(name.strip())
             continue
         if candidates is None:

@@ -112,15 +112,28 @@ def final_norm(model: Model) -> FinalNorm:
         return FinalNorm(False, None, None, -1.0)
     if kind not in ("LN", "LNPre", "RMS", "RMSPre"):
         raise CacheError(f"final norm type {kind!r} of {model.name} is not supported by the residual analyses")
-    inner = _attr(_attr(model.bridge, "ln_final"), "_original_component")
+    module = _attr(model.bridge, "ln_final")
+    if kind.endswith("Pre"):
+        return FinalNorm(kind.startswith("LN"), None, None, norm_eps(_attr(module, "_original_component"), model))
+    return _linearised(model, module, "final norm")
+
+
+def _linearised(model: Model, module: Any, what: str) -> FinalNorm:
+    """A norm module (or bridge wrapper) as a :class:`FinalNorm`: its measured gain and bias,
+    centring if the model's norms are LayerNorms."""
+    inner = _unwrapped(module)
+    weight = _attr(inner, "weight")
+    if weight is None or tuple(weight.shape) != (model.cfg.d_model,) or not callable(inner):
+        raise CacheError(f"cannot read the {what}'s weight of {model.name}")
     eps = norm_eps(inner, model)
-    weight = bias = None
-    if not kind.endswith("Pre"):
-        weight = _attr(inner, "weight")
-        if weight is None or tuple(weight.shape) != (model.cfg.d_model,) or not callable(inner):
-            raise CacheError(f"cannot read the final norm's weight of {model.name}")
-        weight, bias = norm_affine(inner, eps)
-    return FinalNorm(kind.startswith("LN"), weight, bias, eps)
+    gain, bias = norm_affine(inner, eps)
+    return FinalNorm(str(model.cfg.normalization).startswith("LN"), gain, bias, eps)
+
+
+def _unwrapped(module: Any) -> Any:
+    """The Hugging Face module inside a bridge component (the module itself if it is not wrapped)."""
+    inner = _attr(module, "_original_component")
+    return module if inner is None else inner
 
 
 def norm_eps(norm: Any, model: Model | None = None) -> float:
@@ -129,8 +142,9 @@ def norm_eps(norm: Any, model: Model | None = None) -> float:
     return float(eps or (model is not None and _attr(model.bridge.cfg, "eps")) or 1e-5)
 
 
-def norm_affine(norm: Any, eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The elementwise ``(gain, bias)`` a norm module applies after normalising, read off the module.
+def norm_affine(norm: Any, eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The elementwise ``(gain, bias)`` a norm module (or its bridge wrapper) applies after
+    normalising, read off the module; ``eps`` defaults to the module's own (:func:`norm_eps`).
 
     Its ``weight`` parameter is not always the gain: Gemma's RMSNorm multiplies by ``1 + weight``.
     Two calls on ``x`` and ``-x``, with ``x`` of mean zero and entries of magnitude 1 or 2, give
@@ -141,6 +155,8 @@ def norm_affine(norm: Any, eps: float) -> tuple[torch.Tensor, torch.Tensor | Non
     """
     import torch
 
+    norm = _unwrapped(norm)
+    eps = norm_eps(norm) if eps is None else eps
     weight, bias = norm.weight.detach(), _attr(norm, "bias")
     d = weight.shape[-1]
     x = torch.ones(d, dtype=torch.float64)
@@ -173,11 +189,4 @@ def post_attn_norm(model: Model, layer: int) -> FinalNorm | None:
     """The norm a block applies to its attention output before adding it to the residual stream
     (Gemma 2, OLMo2: ``ln1_post``), or None where the output is added as it is."""
     module = _attr(model.bridge.blocks[layer], "ln1_post")
-    if module is None:
-        return None
-    inner = _attr(module, "_original_component") or module
-    if _attr(inner, "weight") is None or not callable(inner):
-        raise CacheError(f"cannot read the post-attention norm of block {layer} of {model.name}")
-    eps = norm_eps(inner, model)
-    gain, bias = norm_affine(inner, eps)
-    return FinalNorm(str(model.cfg.normalization).startswith("LN"), gain, bias, eps)
+    return None if module is None else _linearised(model, module, f"post-attention norm of block {layer}")

@@ -58,7 +58,7 @@ def resolve_sites(model: Model, sites: Any = None) -> list[SiteSpec]:
     """Site specs for ``sites``: None (``L{l}.resid_post`` for every layer), a site kind
     (``"resid_pre"``, ``"z"``), one label or hook name, or a list of them; labels and hook names
     may use shell wildcards (``"L*.mlp"``, ``"blocks.*.mlp.hook_post"``)."""
-    from interpkit.sites import KINDS, all_sites, expand
+    from interpkit.sites import KINDS, all_sites, expand, is_pattern
 
     if sites is None:
         sites = "resid_post"
@@ -70,7 +70,7 @@ def resolve_sites(model: Model, sites: Any = None) -> list[SiteSpec]:
         sites = [sites]
     out: list[SiteSpec] = []
     for pattern in sites:
-        wild = isinstance(pattern, str) and any(ch in pattern for ch in "*?[")
+        wild = is_pattern(pattern)
         specs = [s for s in (_spec(model, name, wild) for name in expand(model, [pattern])) if s is not None]
         if not specs:
             raise SiteError(f"site pattern {pattern!r} matches only attention patterns, which cannot be probed")

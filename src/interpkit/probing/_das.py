@@ -39,13 +39,13 @@ if TYPE_CHECKING:
 
 def _norm_weight(module: Any) -> torch.Tensor | None:
     """A norm's elementwise gain (Gemma's is ``1 + weight``), or None for a weightless norm."""
-    from interpkit.cache._weights import norm_affine, norm_eps
+    from interpkit.cache._weights import norm_affine
 
     inner = getattr(module, "_original_component", module)
     weight = getattr(inner, "weight", None)
     if weight is None or weight.ndim != 1 or not callable(inner):
         return None
-    return norm_affine(inner, norm_eps(inner))[0].detach().float()
+    return norm_affine(inner)[0].detach().float()
 
 
 def following_weights(model: Model, site: str) -> torch.Tensor:

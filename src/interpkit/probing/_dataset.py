@@ -90,12 +90,14 @@ class ProbeDataset:
         SiteError naming the closest sites otherwise."""
         import fnmatch
 
+        from interpkit.sites import is_pattern
+
         if sites is None:
             return list(range(len(self.sites)))
         names = [sites] if isinstance(sites, str) else list(sites)
         out = []
         for name in names:
-            if any(ch in name for ch in "*?[") and (found := fnmatch.filter(self.sites, name)):
+            if is_pattern(name) and (found := fnmatch.filter(self.sites, name)):
                 out.extend(self.sites.index(f) for f in found)
                 continue
             if name not in self.sites:

@@ -241,14 +241,14 @@ def fit_logistic(
     :class:`~interpkit.probing._logistic.CurvatureBound`), the preconditioner of Frangella, Tropp
     and Udell (2023): two products with the data instead of a Gram matrix, an eigendecomposition
     and a rotated copy per site. On the embedded model's residual stream (30 layers, 1,800 rows,
-    5 strengths) the fit reads a layer's data 924 times in all (31 per layer) at rank 64, 880
-    times at rank 128, 1,178 at rank 32 and 4,462 at rank 8 (``benchmarks/probing_solver.py``).
+    5 strengths) the fit reads a layer's data 940 times in all (31 per layer) at rank 64, 880
+    times at rank 128, 1,196 at rank 32 and 4,290 at rank 8 (``benchmarks/probing_solver.py``).
 
     Every strength and replicate of a site is in one batch, and on a GPU every site too. On a
     CPU the sites are batched in groups of ``group_bytes`` of data (default ``CPU_GROUP_BYTES``),
     one group after another, so that each group's data stays in the cache while it is fitted:
-    on the benchmark above that is 25% faster than one batch of 125 MB
-    (``benchmarks/bench_probing.py``). The problems are independent and the sketch's test matrix
+    on the benchmark above the fit takes 0.65 s against 0.81 s in one batch of 125 MB
+    (``benchmarks/probing_solver.py``). The problems are independent and the sketch's test matrix
     is shared, so the grouping does not change the result (``tests/test_probing.py``).
     """
     import torch
