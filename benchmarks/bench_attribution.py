@@ -105,8 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from interpkit.attribution.edge_exact import exact_edges
-    from interpkit.attribution.graph import build_graph
-    from interpkit.patching._api import baseline
+    from interpkit.graph import build_graph
+    from interpkit.runtime import baseline
 
     load_s, model = timed(lambda: ik.load_model(args.model))
     task = ik.tasks.load("ioi", model, n=args.n)

@@ -45,7 +45,7 @@ def timed(fn, repeat: int = 1):
 
 def hook_engine_only(model):
     """Switch off the suffix (prefix-reuse) path: ``ik.patch`` then runs the hook engine alone."""
-    model._interpkit_suffix_exact = False
+    model.anatomy.verdicts["suffix"] = False
 
 
 def warm(model, task, site: str) -> float:
@@ -108,7 +108,7 @@ def head_by_pos(model, task, run_tl: bool, tl_layers: list[int] | None = None) -
 
 def resid_sweep(model, task) -> dict:
     """resid_pre x position sweep (prefix reuse, then the hook engine alone) vs plain forwards of the same rows."""
-    from interpkit.patching._engine import auto_rows
+    from interpkit.runtime import auto_rows
 
     warm(model, task, "resid_pre")
     sweep_s, res = timed(lambda: ik.patch(model, task, "resid_pre", per_position=True), repeat=3)
@@ -122,10 +122,10 @@ def resid_sweep(model, task) -> dict:
                 model.bridge(tokens[start : start + chunk])
 
     plain_s, _ = timed(plain, repeat=3)
-    saved = getattr(model, "_interpkit_suffix_exact", None)
+    saved = model.anatomy.verdicts.get("suffix")
     hook_engine_only(model)
     hooks_s, hooked = timed(lambda: ik.patch(model, task, "resid_pre", per_position=True), repeat=3)
-    model._interpkit_suffix_exact = saved
+    model.anatomy.verdicts["suffix"] = saved
     return {
         "rows": n_rows,
         "plain_forward_same_rows_s": round(plain_s, 3),

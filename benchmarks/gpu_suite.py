@@ -141,7 +141,7 @@ def bench_patching(table: Table, model, toy, args, device) -> None:
         peer = measure(tl, device, args.repeat)
     table.add(f"patch head_out x pos (toy, n={args.n})", ours, peer, "transformer_lens.patching")
 
-    from interpkit.patching._engine import auto_rows
+    from interpkit.runtime import auto_rows
 
     task = ik.tasks.load("ioi", model, n=args.n).to(device)
     layers = list(range(min(args.layers, model.cfg.n_layers)))

@@ -237,7 +237,7 @@ def circuit_part(model: ik.Model, cfg: DemoConfig, timings: dict) -> tuple[list,
 
     task = ik.tasks.load("ioi", model, n=cfg.n, seed=cfg.seed, templates=[0])
     with timed("IOI circuit: EAP-IG edge scores and faithfulness curve", timings):
-        scores = ik.attribute(model, task, method="eap-ig", level="edge", ig_steps=cfg.ig_steps)
+        scores = ik.attribute(model, task, method="eap-ig", level="edge", ig_steps=cfg.ig_steps, direction="noise")
         n_all = len(scores.labels["edge"])
         # with the empty and the full graph (free: they are the normalisation's runs) the curve spans 0..1
         sizes = sorted({0, n_all, *(max(1, round(n_all * float(f))) for f in cfg.circuit_fractions.split(","))})

@@ -36,10 +36,10 @@ from tqdm import tqdm
 import interpkit as ik
 import interpkit.cache
 from interpkit.hooks import hooks
-from interpkit.patching._engine import forward_final
 from interpkit.plots import heatmap
 from interpkit.plots.report import write_report
 from interpkit.results import Result, json_text, make_provenance, write_text_atomic
+from interpkit.runtime import forward_final
 from interpkit.scripting import command_line, config_dict, config_from_args
 from interpkit.tasks.factual import read_facts
 

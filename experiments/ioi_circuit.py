@@ -148,7 +148,7 @@ def main(cfg: Config) -> dict:
     for method in _split(cfg.edge_methods):
         t = time.perf_counter()
         options = {"ig_steps": cfg.ig_steps} if method.startswith("eap-ig") else {}
-        res = ik.attribute(model, task, method=method, level="edge", **options)
+        res = ik.attribute(model, task, method=method, level="edge", direction="noise", **options)
         tick(f"edge {method}", t)
         results[f"edge_{method}"] = res
         check = res.extras.get("check", {}) if isinstance(res.extras, dict) else {}
@@ -226,6 +226,7 @@ def main(cfg: Config) -> dict:
         n_boot=cfg.n_boot,
         n_edges=cfg.stability_edges,
         seed=cfg.seed,
+        direction="noise",
         **({"ig_steps": cfg.ig_steps} if cfg.select_method.startswith("eap-ig") else {}),
     )
     tick("stability", t)

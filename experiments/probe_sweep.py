@@ -200,9 +200,9 @@ def figures(results: dict) -> list:
 
 def behaviour_of(model: ik.Model, ds: P.ProbeDataset, task: ik.Task) -> dict:
     """The model's logit difference (agreeing verb - the other) per example, one batched pass."""
-    from interpkit.probing._intervene import run_items
+    from interpkit.runtime import baseline
 
-    values, _ = run_items(model, task, [(e, 0) for e in range(ds.n_examples)], [None], ds.source["positions"])
+    values = baseline(model, task, task.metric)["clean"].cpu()
     labels = ds.example_labels()
     return {
         "logit_diff_mean": round(float(values.mean()), 4),

@@ -37,7 +37,7 @@ task = ik.tasks.load("induction", model, n=16, seed=0)
 # so you can see when the linear approximation fails.
 
 # %%
-scores = ik.attribute(model, task, method="eap-ig", level="edge", ig_steps=20)
+scores = ik.attribute(model, task, method="eap-ig", level="edge", ig_steps=20, direction="noise")
 print(scores.top(8))
 scores.extras.get("check")
 

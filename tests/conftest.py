@@ -17,6 +17,7 @@ from tiny_models import (
     tiny_llama_hf,
     tiny_neox_hf,
     tiny_phi_hf,
+    tiny_qwen3_hf,
 )
 
 # Tiny models run ~10x faster on one thread than on two contended ones; integration tests on the
@@ -74,6 +75,7 @@ tiny_neox = _wrapped_fixture(tiny_neox_hf, "tiny-neox")  # parallel attention an
 tiny_phi = _wrapped_fixture(tiny_phi_hf, "tiny-phi")  # one shared norm; its bridge skips hook_mlp_in
 tiny_gemma = _wrapped_fixture(tiny_gemma_hf, "tiny-gemma")  # norm gains are 1 + weight
 tiny_gemma2 = _wrapped_fixture(tiny_gemma2_hf, "tiny-gemma2")  # norms after attention and MLP too
+tiny_qwen3 = _wrapped_fixture(tiny_qwen3_hf, "tiny-qwen3")  # query/key norms (added by anatomy alone)
 
 
 @pytest.fixture(scope="session")

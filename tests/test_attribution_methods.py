@@ -13,10 +13,11 @@ import torch
 
 import interpkit as ik
 from interpkit.attribution import AttributionError, atp, atp_star, dla, edge_scores, ig, logit_lens
-from interpkit.attribution.eap import exact_edge_matrix, split_inputs
+from interpkit.attribution.edge_exact import exact_edge_matrix
 from interpkit.attribution.graph import build_graph
 from interpkit.hooks import hooks
 from interpkit.metrics import evaluate
+from interpkit.models.anatomy import split_inputs
 from patching_reference import run_cache
 from tiny_models import random_task
 
@@ -137,7 +138,7 @@ def test_eap_ig_activations_equals_literal_loop(tiny_llama):
     model = tiny_llama
     task = random_task(model, n=2, pos=5, seed=0)
     steps = 3
-    res = edge_scores(model, task, "eap-ig-act", ig_steps=steps, check=0)
+    res = edge_scores(model, task, "eap-ig-act", ig_steps=steps, check=0, direction="noise")
     assert res.meta["variant"] == "activations"
     names = ["blocks.0.attn.hook_z", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_pre"]
     clean, _ = run_cache(model, task.clean, names)
@@ -162,12 +163,14 @@ def test_eap_ig_activations_equals_literal_loop(tiny_llama):
             assert got.item() == pytest.approx(literal.item(), rel=1e-3, abs=1e-5), (sender, receiver)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_neox", "tiny_llama"])  # parallel blocks, then sequential ones
+@pytest.mark.parametrize(
+    "model_name", ["tiny_neox", "tiny_llama", "tiny_qwen3"]
+)  # parallel blocks, then sequential ones
 def test_fast_exact_edges_equal_edge_by_edge(model_name, request):
     model = request.getfixturevalue(model_name)
     task = random_task(model, n=2, pos=5, seed=1)
     graph = build_graph(model)
-    fast = edge_scores(model, task, "exact").extras["matrix"]
+    fast = edge_scores(model, task, "exact", direction="noise").extras["matrix"]
     reference = exact_edge_matrix(model, task, graph, "noise", "logit_diff")
     assert torch.allclose(fast[graph.mask], reference[graph.mask], atol=1e-5)  # same-layer head -> MLP too
     if model.cfg.parallel_attn_mlp:
@@ -184,7 +187,9 @@ def test_fast_exact_edges_equal_edge_by_edge(model_name, request):
     assert fast[s, r].item() == pytest.approx((patched - base).item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_gpt2", "tiny_llama", "tiny_gemma", "tiny_gemma2", "tiny_neox"])
+@pytest.mark.parametrize(
+    "model_name", ["tiny_gpt2", "tiny_llama", "tiny_gemma", "tiny_gemma2", "tiny_neox", "tiny_qwen3"]
+)
 def test_dla_sums_to_the_logit_difference(model_name, request):
     model = request.getfixturevalue(model_name)
     task = random_task(model, n=3, pos=6, seed=0, ragged=True)
@@ -210,8 +215,8 @@ def test_dla_sums_to_the_logit_difference(model_name, request):
         ("atp", "node", {}),
         ("atp*", "node", {"site": "head_k"}),
         ("ig", "node", {"ig_steps": 2}),
-        ("eap", "edge", {}),
-        ("eap-ig", "edge", {"ig_steps": 2}),
+        ("eap", "edge", {"direction": "noise"}),
+        ("eap-ig", "edge", {"ig_steps": 2, "direction": "noise"}),
     ],
 )
 def test_every_gradient_result_carries_a_check(tiny_llama, method, level, options):
@@ -235,13 +240,13 @@ def test_attribute_rejects_bad_inputs(tiny_llama):
         ik.attribute(tiny_llama, task, method="eap", level="edges")
     for method, level in [("atp", "node"), ("atp*", "node"), ("ig", "node"), ("eap", "edge"), ("eap-ig-act", "edge")]:
         with pytest.raises(AttributionError, match="no gradient path"):
-            ik.attribute(tiny_llama, task, method=method, level=level, metric="accuracy", check=0)
+            ik.attribute(tiny_llama, task, method=method, level=level, metric="accuracy", check=0, direction="denoise")
     assert ik.attribute(tiny_llama, task, method="exact", level="node", metric="accuracy").dims == ("layer", "head")
     assert ik.attribute(tiny_llama, task, method="dla", level="node", by="layer").dims == ("layer",)
     # an option the method does not take is named, with the closest valid one, before any work is done
     with pytest.raises(AttributionError, match=r"no option 'steps' \(did you mean ig_steps"):
         ik.attribute(tiny_llama, task, method="ig", level="node", steps=4)
-    with pytest.raises(AttributionError, match="'site'.*its options: direction, ig_steps"):
+    with pytest.raises(AttributionError, match="'site'.*its options: direction, metric, check"):
         ik.attribute(tiny_llama, task, method="eap", level="edge", site="head_out")
 
 

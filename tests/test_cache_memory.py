@@ -219,9 +219,7 @@ def test_head_results_and_accumulated_resid(any_model):
     c = any_model.cfg
     assert heads.scores.shape == (c.n_layers * c.n_heads, 3, 9, c.d_model)
     per_layer = heads.scores.reshape(c.n_layers, c.n_heads, 3, 9, c.d_model).sum(1)
-    from interpkit.cache._weights import head_out_weights
-
-    _, b_o = head_out_weights(any_model)
+    _, b_o = any_model.anatomy.head_out
     for layer in range(c.n_layers):
         bias = 0 if b_o is None else b_o[layer]
         assert _rel(per_layer[layer] + bias, cache[f"blocks.{layer}.hook_attn_out"]) < 1e-5

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from interpkit.attribution.eap import split_inputs
 from interpkit.attribution.graph import build_graph
 from interpkit.circuits import (
     Circuit,
@@ -24,10 +23,10 @@ from interpkit.circuits import (
     stability,
 )
 from interpkit.circuits._discover import greedy_mask, score_matrix, top_n_mask
-from interpkit.circuits._engine import supports_split_inputs
 from interpkit.hooks import hooks
 from interpkit.metrics import evaluate
-from interpkit.patching._sources import derangement
+from interpkit.models.anatomy import split_inputs
+from interpkit.runtime import derangement
 from patching_reference import run_cache
 from tiny_models import random_task
 
@@ -110,7 +109,7 @@ def literal_run(model, task, mask, ablation, metric="logit_diff"):
 
     fwd = [(n, keep_senders) for n in _sender_hooks(model)]
     gqa = c.n_kv_heads < c.n_heads
-    split = supports_split_inputs(model)
+    split = model.anatomy.split_inputs
     for layer in range(c.n_layers):
         for kind in ("q", "k", "v"):
             if kind == "q":
@@ -132,7 +131,7 @@ def literal_run(model, task, mask, ablation, metric="logit_diff"):
     return evaluate(logits, task, metric, clean_logits)
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "toy", "tiny_neox"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "toy", "tiny_neox", "tiny_qwen3"])
 def test_engine_matches_literal_reference(name, request):
     model = request.getfixturevalue(name)
     task = random_task(model, n=3, pos=5, seed=1)
@@ -215,7 +214,7 @@ def test_circuit_set_protocol_json_round_trip_and_errors(toy, tiny_gpt2, tmp_pat
     with pytest.raises(CircuitError, match="L9H9->logits"):
         Circuit(toy, ["L9H9->logits"])
     with pytest.raises(CircuitError, match="another model"):
-        faithfulness(tiny_gpt2, random_task(tiny_gpt2), circ)
+        faithfulness(tiny_gpt2, random_task(tiny_gpt2), circ, ablation="mean")
 
 
 def test_figure_draws_edges_with_hover(toy):
@@ -232,15 +231,15 @@ def test_figure_draws_edges_with_hover(toy):
 def test_discovery_input_errors(tiny_gpt2):
     task = random_task(tiny_gpt2)
     with pytest.raises(CircuitError, match="greedy"):
-        discover_circuit(tiny_gpt2, task, select="greedyy", n_edges=3)
+        discover_circuit(tiny_gpt2, task, select="greedyy", n_edges=3, direction="noise")
     with pytest.raises(CircuitError, match="eap-ig"):
-        discover_circuit(tiny_gpt2, task, "eap-igg", n_edges=3)
+        discover_circuit(tiny_gpt2, task, "eap-igg", n_edges=3, direction="noise")
     with pytest.raises(CircuitError, match="n_edges"):
-        discover_circuit(tiny_gpt2, task, "eap")
+        discover_circuit(tiny_gpt2, task, "eap", direction="noise")
     with pytest.raises(CircuitError, match="n_edges"):
-        discover_circuit(tiny_gpt2, task, "eap", n_edges=3, threshold=0.1)
+        discover_circuit(tiny_gpt2, task, "eap", n_edges=3, threshold=0.1, direction="noise")
     with pytest.raises(CircuitError, match="threshold"):
-        discover_circuit(tiny_gpt2, task, "eap", select="threshold")
+        discover_circuit(tiny_gpt2, task, "eap", select="threshold", direction="noise")
     with pytest.raises(CircuitError, match="tau"):
         discover_circuit(tiny_gpt2, task, select="acdc")
 
@@ -309,8 +308,8 @@ def test_curve_and_stability(tiny_gpt2, tmp_path):
     default = faithfulness_curve(tiny_gpt2, task, scores, ablation="mean")
     assert default.meta["sizes"][0] == 0 and default.meta["sizes"][-1] == total
     with pytest.raises(CircuitError, match="sizes"):
-        faithfulness_curve(tiny_gpt2, task, scores, sizes=[total + 1])
-    stab = stability(tiny_gpt2, task, "eap", n_boot=3, n_edges=15)
+        faithfulness_curve(tiny_gpt2, task, scores, sizes=[total + 1], ablation="mean")
+    stab = stability(tiny_gpt2, task, "eap", n_boot=3, n_edges=15, direction="noise")
     assert stab.kind == "circuit_stability" and stab.scores.shape == (3,)
     assert 0.0 <= stab.meta["mean_pairwise_jaccard"] <= 1.0 and stab.extras["pairwise_jaccard"].shape == (3, 3)
     assert torch.all(stab.extras["pairwise_jaccard"].diagonal() == 1.0)
@@ -356,10 +355,12 @@ def test_toy_induction_circuit_by_edge_ablation(toy, induction):
 
 def test_toy_induction_circuit_by_eap_ig(toy, induction):
     # The toy's bridge has no per-head q/k/v input hooks: gradients come through hook_q/k/v, projected.
-    assert not supports_split_inputs(toy)
+    assert not toy.anatomy.split_inputs
     task, prev = induction
     # the toy's attention saturates: few integration steps misrank edges (5 steps: faithfulness 0.78)
-    _check_induction_circuit(toy, task, prev, discover_circuit(toy, task, "eap-ig", n_edges=30, ig_steps=20))
+    _check_induction_circuit(
+        toy, task, prev, discover_circuit(toy, task, "eap-ig", n_edges=30, ig_steps=20, direction="noise")
+    )
 
 
 def literal_acdc(model, task, tau, metric, ablation):

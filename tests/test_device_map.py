@@ -142,8 +142,11 @@ def test_block_split_over_three_devices_equals_plain():
     assert all(_hooked(split, f"model.layers.{i}") for i in range(3))
     task = random_task(plain, n=2, pos=5)
     assert torch.equal(ik.patch(plain, task, site="head_out").scores, ik.patch(split, task, site="head_out").scores)
-    path = ik.patching.path_patch(split, task, receivers=["logits"], senders="heads")
-    assert torch.equal(path.scores, ik.patching.path_patch(plain, task, receivers=["logits"], senders="heads").scores)
+    path = ik.patching.path_patch(split, task, receivers=["logits"], senders="heads", direction="noise")
+    assert torch.equal(
+        path.scores,
+        ik.patching.path_patch(plain, task, receivers=["logits"], senders="heads", direction="noise").scores,
+    )
 
 
 def test_native_and_hf_directories_with_a_device_map(tmp_path):

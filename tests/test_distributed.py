@@ -26,7 +26,11 @@ JOBS = [
     ("resid_pos_noise", "patch", {"site": "resid_pre", "per_position": True, "direction": "noise"}),
     ("head_v_mean", "patch", {"site": "head_v", "ablation": "mean", "batch_size": 3}),
     ("mlp_resample", "patch", {"site": "mlp_out", "ablation": "resample", "batch_size": 2}),
-    ("path", "path_patch", {"receivers": ["L2H1.q", "L2KV0.v"], "senders": "heads", "batch_size": 5}),
+    (
+        "path",
+        "path_patch",
+        {"receivers": ["L2H1.q", "L2KV0.v"], "senders": "heads", "batch_size": 5, "direction": "noise"},
+    ),
     ("ablate", "ablate", {"components": ["L0H1", "L1.mlp"], "ablation": "mean", "batch_size": 2}),
 ]
 
@@ -39,7 +43,7 @@ import interpkit as ik
 from interpkit.distributed import Group, example_range, gather_examples
 from interpkit.models._load import wrap_hf_model
 from interpkit.patching import ablate, path_patch
-import interpkit.patching._api as api
+import interpkit.runtime._rows as api
 from tiny_models import random_task, tiny_llama_hf
 from test_distributed import JOBS, run_job
 

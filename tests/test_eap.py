@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interpkit.attribution.eap import AttributionError, edge_scores, split_inputs
+from interpkit.attribution import AttributionError, edge_scores
 from interpkit.attribution.graph import build_graph
 from interpkit.hooks import hooks
 from interpkit.metrics import evaluate
+from interpkit.models.anatomy import split_inputs
 from patching_reference import run_cache
 from tiny_models import random_task
 
@@ -36,7 +37,7 @@ def test_parallel_blocks_have_no_same_layer_head_to_mlp_edges(tiny_neox):
     assert "L1H2->L1.mlp" not in labels and "L0H2->L1.mlp" in labels and "embed->L0.mlp" in labels
     assert "L0.mlp->L1H0.q" in labels and "L0.mlp->L1.mlp" in labels and "L1.mlp->logits" in labels
     task = _task(tiny_neox)
-    eap = edge_scores(tiny_neox, task, "eap", check=0)
+    eap = edge_scores(tiny_neox, task, "eap", check=0, direction="noise")
     assert "L1H2->L1.mlp" not in eap.labels["edge"]
     from interpkit.circuits._circuit import ModelIdentity, graph_hash
 
@@ -66,7 +67,7 @@ def _edge_patch(model, task, sender, head_kind, receiver_head, eps):
 @pytest.mark.parametrize(("kind", "head", "label"), [("q", 4, "L2H4.q"), ("k", 1, "L2KV1.k"), ("v", 0, "L2KV0.v")])
 def test_eap_is_the_edge_derivative(tiny_llama, kind, head, label):
     task = _task(tiny_llama)
-    eap = edge_scores(tiny_llama, task, "eap")
+    eap = edge_scores(tiny_llama, task, "eap", direction="noise")
     edge = f"L0H3->{label}"
     score = eap.scores[eap.labels["edge"].index(edge)].item()
     eps = 1e-3
@@ -77,7 +78,7 @@ def test_eap_is_the_edge_derivative(tiny_llama, kind, head, label):
 
 def test_exact_edges_equal_literal_edge_patching(tiny_llama):
     task = _task(tiny_llama, seed=1)
-    exact = edge_scores(tiny_llama, task, "exact")
+    exact = edge_scores(tiny_llama, task, "exact", direction="noise")
     base = evaluate(tiny_llama(task.clean), task).mean()
     for kind, head, label in [("q", 4, "L2H4.q"), ("k", 1, "L2KV1.k")]:
         literal = (_edge_patch(tiny_llama, task, (0, 3), kind, head, 1.0) - base).item()
@@ -89,9 +90,9 @@ def test_receivers_a_bridge_does_not_read_are_refused_not_scored_zero(tiny_phi):
     edge there would change nothing and score 0, so exact edges refuse it, as EAP does."""
     task = _task(tiny_phi)
     with pytest.raises(AttributionError, match=r"cannot reach the receiver inputs \['blocks.0.hook_mlp_in'\]"):
-        edge_scores(tiny_phi, task, "exact")
+        edge_scores(tiny_phi, task, "exact", direction="noise")
     with pytest.raises(AttributionError, match="no gradient reached"):
-        edge_scores(tiny_phi, task, "eap")
+        edge_scores(tiny_phi, task, "eap", direction="noise")
     graph = build_graph(tiny_phi)
     heads_only = [graph.edge_index(e) for e in ("L0H1->L1H2.q", "L0H0->L1H3.v", "embed->L1H0.k")]
     from interpkit.attribution.edge_exact import exact_edges
@@ -101,16 +102,16 @@ def test_receivers_a_bridge_does_not_read_are_refused_not_scored_zero(tiny_phi):
     assert change.isfinite().all() and change.abs().max() > 0  # head inputs are read: those edges work
 
 
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_qwen3"])
 def test_eap_ig_one_step_is_eap_from_the_other_end(model_name, request):
     """IG with one step evaluates the gradient at the source end of the path: there it is minus
     EAP in the opposite direction (same gradient point, opposite activation difference)."""
     model = request.getfixturevalue(model_name)
     task = _task(model, n=3, seed=2)
-    ig1 = edge_scores(model, task, "eap-ig", ig_steps=1)
+    ig1 = edge_scores(model, task, "eap-ig", ig_steps=1, direction="noise")
     flipped = edge_scores(model, task, "eap", direction="denoise")
     assert torch.allclose(ig1.scores, -flipped.scores, atol=1e-5)
-    ig = edge_scores(model, task, "eap-ig", ig_steps=4)
+    ig = edge_scores(model, task, "eap-ig", ig_steps=4, direction="noise")
     assert ig.scores.shape == ig1.scores.shape and ig.meta["ig_steps"] == 4
 
 
@@ -128,7 +129,7 @@ def test_attribute_dispatch(tiny_llama):
     from interpkit.attribution import AttributionError
 
     task = _task(tiny_llama)
-    assert ik.attribute(tiny_llama, task, method="eap", level="edge").dims == ("edge",)
+    assert ik.attribute(tiny_llama, task, method="eap", level="edge", direction="noise").dims == ("edge",)
     assert ik.attribute(tiny_llama, task, method="atp", level="node", site="mlp_out").dims == ("layer",)
     with pytest.raises(AttributionError, match="eap-ig"):
         ik.attribute(tiny_llama, task, method="eap_ig", level="edge")
@@ -141,15 +142,14 @@ def test_edges_on_a_bridge_without_split_inputs(toy):
     ``attn.hook_q/k/v`` (exact there: no norm before attention). Exact edges then equal the circuits
     engine's single-edge removal, and EAP is the derivative of a literal move of one head's query/key."""
     from interpkit.circuits import edge_removal_scores
-    from interpkit.circuits._engine import supports_split_inputs
 
-    assert not supports_split_inputs(toy)
+    assert not toy.anatomy.split_inputs
     task = random_task(toy, n=3, pos=8, seed=3)
-    exact = edge_scores(toy, task, "exact")
+    exact = edge_scores(toy, task, "exact", direction="noise")
     removal = edge_removal_scores(toy, task, "counterfactual")  # noising one edge: the same patch
     torch.testing.assert_close(exact.scores, removal.scores, atol=1e-4, rtol=1e-4)
 
-    eap = edge_scores(toy, task, "eap")
+    eap = edge_scores(toy, task, "eap", direction="noise")
     clean, _ = run_cache(toy, task.clean, ["blocks.0.attn.hook_z"])
     corrupt, _ = run_cache(toy, task.corrupt, ["blocks.0.attn.hook_z"])
     w_o = toy.bridge.blocks[0].attn.W_O[2]
@@ -174,8 +174,8 @@ def test_edges_on_a_bridge_without_split_inputs(toy):
 def test_gradients_through_the_norm_equal_per_head_copies(model_name, request):
     """One ordinary forward, gradients at hook_q/k/v mapped back through W and the norm's Jacobian,
     equals the per-head-copy ("split") gradients, also along an EAP-IG embedding path."""
-    from interpkit.attribution.eap import gradient_mode, receiver_gradients
-    from interpkit.patching._api import baseline
+    from interpkit.attribution._gradients import gradient_mode, receiver_gradients
+    from interpkit.runtime import baseline
 
     model = request.getfixturevalue(model_name)
     assert gradient_mode(model) == "normed"

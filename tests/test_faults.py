@@ -23,6 +23,7 @@ import torch
 import interpkit as ik
 import interpkit.cache as ikc
 import interpkit.patching._api as api
+import interpkit.runtime._rows as rows
 from interpkit.hooks import active_hook_count
 from interpkit.patching import ablate, path_patch
 from tiny_models import random_task
@@ -147,7 +148,7 @@ def test_hooks_never_outlive_a_failing_call(tiny_llama, monkeypatch, error):
     def bad_metric(*args):
         raise error("in a metric")
 
-    monkeypatch.setattr(api, "get_metric", lambda name: bad_metric)
+    monkeypatch.setattr(rows, "get_metric", lambda name: bad_metric)
     with pytest.raises(error):
         ik.patch(tiny_llama, task, site="resid_pre")
     assert active_hook_count(tiny_llama) == 0
@@ -155,7 +156,7 @@ def test_hooks_never_outlive_a_failing_call(tiny_llama, monkeypatch, error):
 
     monkeypatch.setattr(path, "get_metric", lambda name: bad_metric)
     with pytest.raises(error):
-        path_patch(tiny_llama, task, receivers=["L2H0.q"])
+        path_patch(tiny_llama, task, receivers=["L2H0.q"], direction="noise")
     assert active_hook_count(tiny_llama) == 0
     monkeypatch.undo()
     # and the model still works afterwards
@@ -190,7 +191,7 @@ def test_interrupted_cli_leaves_nothing_that_looks_complete(tmp_path, mode):
     marker = tmp_path / "marker"
 
     def child() -> int:
-        real = api.forward_final
+        real = rows.forward_final
         calls = [0]
 
         def interrupted(*a, **kw):
@@ -203,7 +204,7 @@ def test_interrupted_cli_leaves_nothing_that_looks_complete(tmp_path, mode):
                     raise RuntimeError("injected failure in the middle of the sweep")
             return real(*a, **kw)
 
-        api.forward_final = interrupted
+        rows.forward_final = interrupted
         if mode == "kill-write":  # die after writing a temporary file, before renaming it into place
             real_replace = os.replace
 

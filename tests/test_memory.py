@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import interpkit as ik
-import interpkit.patching._api as api
-import interpkit.patching._engine as engine
 import interpkit.patching._path as path
+import interpkit.runtime._baseline as baseline_mod
+import interpkit.runtime._batch as batching
+import interpkit.runtime._rows as rows
 from interpkit.patching import ablate, path_patch
-from interpkit.patching._engine import Batcher, auto_rows, sweep
+from interpkit.runtime import Batcher, PatchingError, auto_rows, sweep
 from tiny_models import random_task
 
 
@@ -41,7 +42,7 @@ def test_patch_survives_oom_without_recomputing(tiny_llama, monkeypatch, error):
     task = random_task(tiny_llama, n=4, pos=6)
     # 8 rows fail, 4 rows fail, then every forward runs 2 rows: the batches of batch_size=2.
     want = ik.patch(tiny_llama, task, site="head_out", batch_size=2)
-    inj = _inject(monkeypatch, api, limit=2, k=3, error=error)
+    inj = _inject(monkeypatch, rows, limit=2, k=3, error=error)
     got = ik.patch(tiny_llama, task, site="head_out", batch_size=8)
     assert inj.failed == 2  # the halved size is remembered: no third failure
     # Every (patch, example) row ran exactly once after the failures: nothing finished was redone.
@@ -56,7 +57,7 @@ def test_oom_after_finished_chunks_keeps_them(tiny_llama, monkeypatch):
     task = random_task(tiny_llama, n=8, pos=5)
     want = ik.patch(tiny_llama, task, site="resid_pre", batch_size=1)
     calls = {"n": 0}
-    real = api.forward_final
+    real = rows.forward_final
     done: list[int] = []
 
     def late_oom(model, start, *args, **kwargs):
@@ -66,7 +67,7 @@ def test_oom_after_finished_chunks_keeps_them(tiny_llama, monkeypatch):
         done.append(start.shape[0])
         return real(model, start, *args, **kwargs)
 
-    monkeypatch.setattr(api, "forward_final", late_oom)
+    monkeypatch.setattr(rows, "forward_final", late_oom)
     got = ik.patch(tiny_llama, task, site="resid_pre", batch_size=4)
     assert sum(done) == want.extras["per_example"].numel()
     assert done == [4, 4] + [2] * 8  # layer 0's two chunks kept; the rest in halves
@@ -75,12 +76,12 @@ def test_oom_after_finished_chunks_keeps_them(tiny_llama, monkeypatch):
 
 def test_path_patch_and_ablate_survive_oom(tiny_llama, monkeypatch):
     task = random_task(tiny_llama, n=4, pos=6)
-    want_path = path_patch(tiny_llama, task, receivers=["L2H0.k"], senders="heads", batch_size=1)
+    want_path = path_patch(tiny_llama, task, receivers=["L2H0.k"], senders="heads", batch_size=1, direction="noise")
     want_abl = ablate(tiny_llama, task, ["L1H2", "L0.mlp"], "zero", batch_size=1)
     inj = _inject(monkeypatch, path, limit=3, k=10)
-    got_path = path_patch(tiny_llama, task, receivers=["L2H0.k"], senders="heads", batch_size=16)
+    got_path = path_patch(tiny_llama, task, receivers=["L2H0.k"], senders="heads", batch_size=16, direction="noise")
     assert inj.failed == 3 and set(inj.rows_done) == {2}  # 16, 8, 4 rows fail; 2 fit
-    inj = _inject(monkeypatch, api, limit=1, k=5)
+    inj = _inject(monkeypatch, rows, limit=1, k=5)
     got_abl = ablate(tiny_llama, task, ["L1H2", "L0.mlp"], "zero", batch_size=4)
     assert inj.failed == 2 and inj.rows_done == [1, 1, 1, 1]
     torch.testing.assert_close(got_path.extras["per_example"], want_path.extras["per_example"], atol=1e-5, rtol=1e-5)
@@ -89,12 +90,12 @@ def test_path_patch_and_ablate_survive_oom(tiny_llama, monkeypatch):
 
 def test_other_errors_and_single_rows_are_not_retried(tiny_llama, monkeypatch):
     task = random_task(tiny_llama, n=4, pos=4)
-    inj = _inject(monkeypatch, api, limit=0, k=1, error=lambda msg: RuntimeError("shape mismatch"))
+    inj = _inject(monkeypatch, rows, limit=0, k=1, error=lambda msg: RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         ik.patch(tiny_llama, task, site="resid_pre", batch_size=4)
     assert inj.rows_done == []
     monkeypatch.undo()
-    inj = _inject(monkeypatch, api, limit=0, k=100)
+    inj = _inject(monkeypatch, rows, limit=0, k=100)
     with pytest.raises(torch.OutOfMemoryError):
         ik.patch(tiny_llama, task, site="resid_pre", batch_size=4)
     assert inj.failed == 3  # 4 -> 2 -> 1 rows, then a single row that still fails is raised
@@ -119,23 +120,23 @@ def test_sweep_segments_and_sizes(tiny_llama, monkeypatch):
     seen: list[tuple[int, int, int]] = []
     sweep([5, 0, 3], lambda s, a, b: seen.append((s, a, b)), batch_size=2)
     assert seen == [(0, 0, 2), (0, 2, 4), (0, 4, 5), (2, 0, 2), (2, 2, 3)]
-    with pytest.raises(engine.PatchingError):
+    with pytest.raises(PatchingError):
         sweep(3, lambda s, a, b: None)
     # The batch estimate follows free memory, and never drops below one row.
-    monkeypatch.setattr(engine, "free_memory_bytes", lambda device: 1 << 40)
+    monkeypatch.setattr(batching, "free_memory_bytes", lambda device: 1 << 40)
     big = auto_rows(tiny_llama, 16)
-    monkeypatch.setattr(engine, "free_memory_bytes", lambda device: 1 << 20)
+    monkeypatch.setattr(batching, "free_memory_bytes", lambda device: 1 << 20)
     small = auto_rows(tiny_llama, 16)
-    monkeypatch.setattr(engine, "free_memory_bytes", lambda device: 0)
+    monkeypatch.setattr(batching, "free_memory_bytes", lambda device: 0)
     assert big > small >= 1 and auto_rows(tiny_llama, 16) == 1
 
 
 def test_baseline_runs_survive_oom(tiny_llama, monkeypatch):
     task = random_task(tiny_llama, n=4, pos=6)
     hook = "blocks.1.attn.hook_z"
-    want = api.baseline(tiny_llama, task, "logit_diff", [hook], [hook])
-    inj = _inject(monkeypatch, engine, limit=1, k=100)
-    got = api.baseline(tiny_llama, task, "logit_diff", [hook], [hook])
+    want = baseline_mod.baseline(tiny_llama, task, "logit_diff", [hook], [hook])
+    inj = _inject(monkeypatch, baseline_mod, limit=1, k=100)
+    got = baseline_mod.baseline(tiny_llama, task, "logit_diff", [hook], [hook])
     assert inj.rows_done == [1] * 8  # clean and corrupt, one example at a time after halving 4 -> 2 -> 1
     assert inj.failed == 2  # the halved size carries over from the clean run to the corrupt run
     for key in ("clean", "corrupt", "clean_logprobs"):

@@ -8,7 +8,7 @@ import torch
 import interpkit as ik
 from interpkit.errors import SiteError, TaskError
 from interpkit.patching import PatchingError, ablate, patch
-from interpkit.patching._sources import derangement, mean_activation
+from interpkit.runtime import derangement, mean_activation
 from patching_reference import literal_patch, run_cache
 from tiny_models import random_task
 
@@ -34,7 +34,7 @@ SITES = [
 
 
 @pytest.mark.parametrize("site", SITES)
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_qwen3"])
 def test_engine_equals_literal(site, model_name, request):
     model = request.getfixturevalue(model_name)
     task = _task(model)
@@ -64,16 +64,18 @@ SUFFIX_SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "
 
 def _hook_engine(model, *args, **kwargs):
     """``patch`` with the suffix (prefix-reuse) path switched off: the hook engine alone."""
-    saved = getattr(model, "_interpkit_suffix_exact", None)
-    model._interpkit_suffix_exact = False
+    saved = model.anatomy.verdicts.get("suffix")
+    model.anatomy.verdicts["suffix"] = False
     try:
         return patch(model, *args, **kwargs)
     finally:
-        model._interpkit_suffix_exact = saved
+        model.anatomy.verdicts.pop("suffix")
+        if saved is not None:
+            model.anatomy.verdicts["suffix"] = saved
 
 
 @pytest.mark.parametrize("site", SUFFIX_SITES)
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_qwen3"])
 def test_per_position_prefix_reuse_equals_literal(site, model_name, request):
     """Per-position sweeps run on the suffix forward; they equal the literal loop and the hook engine."""
     model = request.getfixturevalue(model_name)
@@ -241,7 +243,7 @@ def test_bad_input(tiny_llama, toy):
 
 
 def test_nan_metric_names_the_example(tiny_llama, monkeypatch):
-    import interpkit.patching._api as api
+    import interpkit.runtime._rows as api
 
     task = _task(tiny_llama, n=2)
 
@@ -257,7 +259,7 @@ def test_nan_metric_names_the_example(tiny_llama, monkeypatch):
 
 
 def test_out_of_memory_halves_and_keeps_chunks(tiny_llama, monkeypatch):
-    import interpkit.patching._engine as engine
+    import interpkit.runtime._rows as engine
 
     calls = []
     real = engine.forward_final
@@ -268,8 +270,7 @@ def test_out_of_memory_halves_and_keeps_chunks(tiny_llama, monkeypatch):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, start, *args, **kwargs)
 
-    import interpkit.patching._api as api
-
+    api = engine
     monkeypatch.setattr(api, "forward_final", flaky)
     task = _task(tiny_llama, n=3)
     res = patch(tiny_llama, task, "head_out", batch_size=16)

@@ -74,7 +74,7 @@ def literal_path_patch(model, task, sender, receivers, direction="noise"):
     return torch.stack(out).mean()
 
 
-@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_phi"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_phi", "tiny_qwen3"])
 @pytest.mark.parametrize("direction", ["noise", "denoise"])
 def test_path_patching_equals_literal(model_name, direction, request):
     model = request.getfixturevalue(model_name)
@@ -102,7 +102,7 @@ def test_path_patching_equals_literal(model_name, direction, request):
 def test_receivers_in_two_layers(tiny_llama):
     task = _task(tiny_llama, seed=1)
     receivers = [(1, "k", 4), (2, "q", 0)]
-    fast = path_patch(tiny_llama, task, ["L1H4.k", "L2H0.q"], senders=["L0H2", "L1H5"])
+    fast = path_patch(tiny_llama, task, ["L1H4.k", "L2H0.q"], senders=["L0H2", "L1H5"], direction="noise")
     assert fast.dims == ("sender",) and fast.labels["sender"] == ["L0H2", "L1H5"]
     for i, sender in enumerate([(0, 2), (1, 5)]):
         assert fast.scores[i].item() == pytest.approx(
@@ -112,7 +112,7 @@ def test_receivers_in_two_layers(tiny_llama):
 
 def test_direct_path_to_logits(tiny_gpt2):
     task = _task(tiny_gpt2, seed=2)
-    fast = path_patch(tiny_gpt2, task, ["logits"], senders=["L0H1", "L1H3"])
+    fast = path_patch(tiny_gpt2, task, ["logits"], senders=["L0H1", "L1H3"], direction="noise")
     # Literal direct effect: add the sender's output change to the final residual only.
     names = ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
     base, _ = run_cache(tiny_gpt2, task.clean, names)
@@ -132,8 +132,8 @@ def test_direct_path_to_logits(tiny_gpt2):
 def test_bad_receivers(tiny_llama):
     task = _task(tiny_llama)
     with pytest.raises(SiteError, match="receiver"):
-        path_patch(tiny_llama, task, [])
+        path_patch(tiny_llama, task, [], direction="noise")
     with pytest.raises(SiteError, match="not component inputs"):
-        path_patch(tiny_llama, task, ["L2H1"])
+        path_patch(tiny_llama, task, ["L2H1"], direction="noise")
     with pytest.raises(SiteError, match="not component outputs"):
-        path_patch(tiny_llama, task, ["L2H1.q"], senders=["L0.resid_pre"])
+        path_patch(tiny_llama, task, ["L2H1.q"], senders=["L0.resid_pre"], direction="noise")

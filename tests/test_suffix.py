@@ -12,7 +12,7 @@ from interpkit.patching._suffix_patch import suffix_sweep
 from patching_reference import HOOKS
 from tiny_models import random_task
 
-MODELS = ["tiny_llama", "tiny_gpt2", "toy"]
+MODELS = ["tiny_llama", "tiny_gpt2", "toy", "tiny_qwen3"]
 SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
 
 
@@ -108,7 +108,7 @@ def test_unsupported_verdict(extra, why):
     with pytest.raises(SuffixUnsupported):
         SuffixRunner(model)
     assert SuffixRunner.check(model) is False
-    assert model._interpkit_suffix_exact is False
+    assert model.anatomy.verdicts["suffix"] is False
 
 
 def test_supported_native_layernorm_model_checks():

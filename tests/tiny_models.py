@@ -98,6 +98,12 @@ def tiny_gemma2_hf(seed: int = 0):
     )
 
 
+def tiny_qwen3_hf(seed: int = 0):
+    """A Qwen3 block: RMS norms on each head's queries and keys after their projections (moved off their
+    init), GQA, rotary. interpkit learns nothing new for it but what its anatomy reads off the bridge."""
+    return _tiny_hf("Qwen3", seed, True, vocab_size=73, num_key_value_heads=2, head_dim=8)
+
+
 def tiny_llama_with_tokenizer(tokenizer):
     """The tiny Llama with its vocabulary grown to a real tokenizer's, wrapped as a Model."""
     from interpkit.models._load import wrap_hf_model

@@ -49,6 +49,10 @@ class ResultError(InterpkitError):
     """A result file or object is malformed."""
 
 
+class PatchingError(InterpkitError):
+    """A patching run cannot proceed (NaN metric, impossible ablation, bad positions)."""
+
+
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
     """The valid choices nearest to ``name``, best first (``difflib`` similarity)."""
     choices = list(choices)

@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from interpkit.models import Model
+# Any object with ``bridge`` and ``resolve_hook`` (an ``interpkit.Model``); hooks sit below models
+# in the layering (models use them for their own checks), so the class is not imported here.
+Model = Any
 
 HookFn = Callable[..., Any]
 GradFn = Callable[["torch.Tensor", str], Any]

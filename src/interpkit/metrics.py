@@ -19,14 +19,16 @@ patched rows without a Task object.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from interpkit.errors import TaskError, unknown
 
 if TYPE_CHECKING:
     import torch
 
-    from interpkit.tasks import Task
+# An interpkit.tasks.Task: metrics sit below tasks in the layering (tasks check metric names), so
+# the class is not imported here.
+Task = Any
 
 MetricFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor | None"], "torch.Tensor"]
 

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -261,11 +262,29 @@ class Result:
         return cls.from_dict(data)
 
     def figure(self, **kwargs: Any) -> Any:
-        """A plotly figure of the scores (heatmap for 2-D, bars for 1-D)."""
-        from interpkit.plots import figure_for
-
+        """A plotly figure of the scores: the one registered for this result's kind, else a heatmap (2-D) or bars (1-D)."""
         return figure_for(self, **kwargs)
 
     def __repr__(self) -> str:
         shape = "x".join(str(s) for s in self.scores.shape)
         return f"Result({self.kind}: {shape} over {self.dims}, metric={self.metric})"
+
+
+# Figures by result kind. interpkit.plots fills the table when it is imported (``import interpkit``
+# does), so this module never imports the plotting layer above it.
+FIGURES: dict[str, Callable[..., Any]] = {}
+
+
+def register_figure(kind: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Make ``fn(result, **kwargs) -> Figure`` the figure of results of ``kind`` ("*": the default)."""
+    FIGURES[kind] = fn
+    return fn
+
+
+def figure_for(obj: Any, kind: str | None = None, **kwargs: Any) -> Any:
+    """The registered figure of ``obj`` (a Result, or another object under ``kind``, e.g. "circuit")."""
+    kind = kind or getattr(obj, "kind", None)
+    fn = FIGURES.get(kind) or FIGURES.get("*")
+    if fn is None:
+        raise ResultError("no figures are registered: import interpkit.plots (import interpkit does)")
+    return fn(obj, **kwargs)

@@ -5,7 +5,7 @@ Node level (one site kind, ``site="head_out"`` by default, the units and layout 
 ``atp`` (attribution patching), ``atp*`` (AtP with the QK fix and GradDrop), ``ig`` (integrated
 gradients along the activation path), ``exact`` (activation patching itself) and ``dla``
 (direct logit attribution of the clean run, ``by="head"`` by default). Edge level, over every
-edge of ``graph.py``: ``eap``, ``eap-ig`` (``variant="inputs"`` or ``"activations"``),
+edge of an :mod:`interpkit.graph` graph (``edges.py``): ``eap``, ``eap-ig`` (``variant="inputs"`` or ``"activations"``),
 ``eap-ig-act`` (the activations variant) and ``exact``. Gradient methods carry
 ``extras["check"]``, their agreement with exact patching on a sample (``check=0``: off).
 
@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution.atp import AttributionError, atp
+from interpkit.attribution._errors import AttributionError
+from interpkit.attribution.atp import atp
 from interpkit.attribution.atp_star import atp_star
 from interpkit.attribution.dla import dla
-from interpkit.attribution.eap import EDGE_METHODS, edge_scores
+from interpkit.attribution.edges import EDGE_TABLE
 from interpkit.attribution.ig import ig
 from interpkit.errors import closest, unknown
+from interpkit.runtime import default_direction
 
 if TYPE_CHECKING:
     from interpkit.models import Model
@@ -38,19 +40,12 @@ def _exact_nodes(model: Model, task: Task, **options: Any) -> Result:
     return patch(model, task, **{"site": "head_out", **options})
 
 
-def _dla(model: Model, task: Task, **options: Any) -> Result:
-    return dla(model, task, **options)
-
-
 NODE_TABLE: dict[str, Callable[..., Result]] = {
     "atp": atp,
     "atp*": atp_star,
     "ig": ig,
     "exact": _exact_nodes,
-    "dla": _dla,
-}
-EDGE_TABLE: dict[str, Callable[..., Result]] = {
-    name: (lambda model, task, _m=name, **options: edge_scores(model, task, _m, **options)) for name in EDGE_METHODS
+    "dla": dla,
 }
 NODE_METHODS = tuple(NODE_TABLE)
 LEVELS = {"node": NODE_TABLE, "edge": EDGE_TABLE}
@@ -74,6 +69,8 @@ def attribute(model: Model, task: Task, method: str = "eap", level: str = "edge"
             raise AttributionError(
                 f"{level} method {method!r} has no option {name!r}{hint}; its options: {', '.join(valid)}"
             )
+    if level == "edge":  # the edge methods' default direction was "noise" before 0.2
+        options["direction"] = default_direction(options.get("direction"), "ik.attribute(level='edge')", was="noise")
     return table[method](model, task, **options)
 
 
@@ -81,13 +78,9 @@ def _options(level: str, method: str) -> tuple[str, ...]:
     """The keyword options ``ik.attribute`` accepts for one method (its function's parameters)."""
     import inspect
 
-    if level == "edge":
-        fn, skip = edge_scores, {"model", "task", "method"}
-    elif method == "exact":
+    if level == "node" and method == "exact":
         from interpkit.patching import patch
 
-        fn, skip = patch, {"model", "task"}
-        return (*[p for p in inspect.signature(fn).parameters if p not in skip], "check")
-    else:
-        fn, skip = (dla if method == "dla" else NODE_TABLE[method]), {"model", "task"}
-    return tuple(p for p in inspect.signature(fn).parameters if p not in skip)
+        return (*[p for p in inspect.signature(patch).parameters if p not in ("model", "task")], "check")
+    fn = LEVELS[level][method]
+    return tuple(p for p in inspect.signature(fn).parameters if p not in ("model", "task"))

@@ -27,15 +27,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from interpkit.attribution._errors import AttributionError as AttributionError
+from interpkit.attribution._errors import no_gradient as no_gradient
 from interpkit.attribution.honesty import DEFAULT_SAMPLE, node_check
 from interpkit.attribution.honesty import spearman as spearman
-from interpkit.errors import InterpkitError
 from interpkit.hooks import hooks
 from interpkit.metrics import get as get_metric
-from interpkit.patching._api import _str_tokens, baseline
-from interpkit.patching._plan import Plan, make_plan, patch_mask
-from interpkit.patching._sources import check_mode
 from interpkit.results import Result, make_provenance
+from interpkit.runtime import Plan, baseline, check_mode, make_plan, patch_mask, str_tokens
 
 if TYPE_CHECKING:
     import torch
@@ -44,21 +43,11 @@ if TYPE_CHECKING:
     from interpkit.tasks import Task
 
 
-class AttributionError(InterpkitError):
-    """Attribution cannot be computed as asked (e.g. the metric has no gradient path)."""
-
-
-def no_gradient(metric: str) -> AttributionError:
-    return AttributionError(
-        f"metric {metric!r} has no gradient path to the activations (e.g. accuracy); use logit_diff, logprob, prob or kl"
-    )
-
-
 def grad_rows(model: Model, n_pos: int) -> int:
     """Rows per forward+backward: a quarter of the inference budget (autograd keeps every layer)."""
-    from interpkit.patching._engine import auto_rows
+    from interpkit.runtime import grad_rows as rows
 
-    return max(1, auto_rows(model, n_pos) // 4)
+    return rows(model, n_pos)
 
 
 def target_gradients(
@@ -122,7 +111,7 @@ def setup(
     get_metric(metric)
     task = task.to(model.device)
     model.check_tokens(task.clean)
-    plan = make_plan(model, site, task.n_pos, per_position, layers, positions, False, _str_tokens(model, task))
+    plan = make_plan(model, site, task.n_pos, per_position, layers, positions, False, str_tokens(model, task))
     needed = sorted(set(plan.layer))
     names = [model.resolve_hook(plan.hook(lay)) for lay in needed]
     hooks = [*names, *extra_hooks]

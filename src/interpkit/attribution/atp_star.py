@@ -53,7 +53,7 @@ from interpkit.attribution.atp import (
 )
 from interpkit.attribution.honesty import DEFAULT_SAMPLE, spearman
 from interpkit.metrics import get as get_metric
-from interpkit.patching._engine import forward_final
+from interpkit.runtime import forward_final
 
 if TYPE_CHECKING:
     import torch

@@ -60,9 +60,7 @@ def _actual(model: Model, task: Task) -> torch.Tensor:
 
 
 def _direction(model: Model, task: Task) -> torch.Tensor:
-    from interpkit.cache._weights import unembed_weights
-
-    w_u, _ = unembed_weights(model)  # on the unembedding's device: the last one of a split model
+    w_u, _ = model.anatomy.unembed  # on the unembedding's device: the last one of a split model
     answer, wrong = task.answer.to(w_u.device), task.wrong.to(w_u.device)
     return (w_u.T[answer] - w_u.T[wrong]).float().to(model.device)  # (batch, d_model)
 
@@ -115,8 +113,8 @@ def dla(model: Model, task: Task, by: str = "head", *, seed: int = 0) -> Result:
 
 def _softcap_note(model: Model) -> dict[str, str]:
     """A note for models that soft-cap their logits (Gemma 2): the terms are linear, the cap is not."""
-    cap = float(getattr(model.bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
-    if cap <= 0:
+    cap = model.anatomy.logit_soft_cap
+    if cap is None:
         return {}
     return {
         "note": f"the model soft-caps its logits at {cap:g} (tanh): the terms are those of the uncapped "
@@ -141,14 +139,12 @@ def _by_position(model: Model, task: Task, cache: Any, terms: torch.Tensor, labe
     """Terms by source position ``(pos, batch)``: heads split over keys, the rest at the answer position."""
     import torch
 
-    from interpkit.cache._analysis import apply_ln_final
-    from interpkit.cache._weights import head_out_weights, post_attn_norm
-    from interpkit.patching._engine import capture
+    from interpkit.runtime import capture
 
     c = model.cfg
     names = [f"blocks.{lay}.attn.hook_{kind}" for lay in range(c.n_layers) for kind in ("v", "pattern")]
     acts, _ = capture(model, task.clean, names)
-    w_o, b_o = head_out_weights(model)
+    w_o, b_o = model.anatomy.head_out
     n = len(task)
     rows = torch.arange(n, device=model.device)
     direction = _direction(model, task)
@@ -160,11 +156,11 @@ def _by_position(model: Model, task: Task, cache: Any, terms: torch.Tensor, labe
         p = acts[model.resolve_hook(f"blocks.{lay}.attn.hook_pattern")]
         a = p[rows.to(p.device), :, task.answer_pos.to(p.device)].float().to(model.device)  # (b, h, k)
         per_key = torch.einsum("bhk,bkhe,hem->bkm", a, v, w_o[lay].float().to(v.device))  # (b, pos, d_model)
-        post = post_attn_norm(model, lay)
+        post = model.anatomy.post_attn_norm(lay)
         if post is not None:  # the block's post-attention norm, at the scale of its whole output
             total = per_key.sum(1) + (0 if b_o is None else b_o[lay].float().to(per_key.device))
             per_key = post.linear(per_key, post.scale(total.float())[:, None])
-        normed = apply_ln_final(cache, per_key)
+        normed = cache.apply_ln_final(per_key)
         out += torch.einsum("bkm,bm->kb", normed.float(), direction).cpu()
     heads = [i for i, lab in enumerate(labels) if lab.startswith("L") and "H" in lab and "." not in lab]
     rest = terms[[i for i in range(len(labels)) if i not in set(heads)]].sum(0)  # (batch,)
@@ -176,17 +172,15 @@ def logit_lens(model: Model, task: Task, *, seed: int = 0) -> Result:
     """The logit difference read at each layer's residual stream: ``(layer, example)``."""
     import torch
 
-    from interpkit.cache._weights import final_norm, unembed_weights
-
     task = task.to(model.device)
     cache = _clean_cache(model, task)
     stacked = cache.accumulated_resid()  # (layer + 1, batch, 1, d_model)
     resid = stacked.scores[:, :, 0].float()
-    _, b_u = unembed_weights(model)
+    _, b_u = model.anatomy.unembed
     direction = _direction(model, task).to(resid.device)
     const = (b_u[task.answer.to(b_u.device)] - b_u[task.wrong.to(b_u.device)]).float().to(resid.device)
     with torch.no_grad():
-        values = torch.einsum("lbm,bm->lb", final_norm(model)(resid), direction) + const
+        values = torch.einsum("lbm,bm->lb", model.anatomy.final_norm(resid), direction) + const
     values = values.cpu()
     return Result(
         scores=values,

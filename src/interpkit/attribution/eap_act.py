@@ -10,156 +10,144 @@ here and the reference code use) while everything downstream is recomputed from 
 and the gradient at every receiver input is averaged over the m points. The score of edge
 u -> v, u in G, is ``Σ_(batch, pos) Δ_u · mean_k ∂m/∂x_v`` averaged over examples, as EAP.
 
-Cost: one batched forward/backward of ``m x batch`` rows per sender group (2L + 1 groups, each
+Cost: one batched forward/backward of ``m x batch`` rows per sender group (one group per hook: 2L + 1 with the default graph, each
 starting at its own layer from the target run's cached residual stream), so about
 ``(2L+1) m / 2`` forward/backward units against the ``inputs`` variant's m.
 
-    >>> res = ik.attribution.edge_scores(model, task, "eap-ig", variant="activations")  # doctest: +SKIP
+    >>> import interpkit as ik
+    >>> model = ik.load_model("toy-induction")
+    >>> task = ik.tasks.load("induction", model, n=4)
+    >>> ik.attribution.eap_ig_act(model, task, ig_steps=2, check=0).meta["variant"]
+    'activations'
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution._endpoints import split_inputs
-from interpkit.attribution.atp import grad_rows, no_gradient
-from interpkit.attribution.eap import _projected_receivers, _receiver_names, input_gradient
+from interpkit.attribution._edges import finish_edges, setup_edges
+from interpkit.attribution._errors import AttributionError, no_gradient
+from interpkit.attribution.honesty import DEFAULT_SAMPLE
+from interpkit.graph import mode_context, receiver_mode
 from interpkit.metrics import get as get_metric
-from interpkit.patching._engine import forward_final, run_chunked
+from interpkit.runtime import forward_final, grad_rows, run_chunked
 
 if TYPE_CHECKING:
     import torch
 
-    from interpkit.attribution.graph import Graph
+    from interpkit.attribution._edges import EdgeRun
+    from interpkit.graph import Graph, Group
     from interpkit.models import Model
+    from interpkit.results import Result
     from interpkit.tasks import Task
 
 
-def sender_groups(model: Model) -> list[tuple[str, int, list[int]]]:
-    """(kind, layer, sender indices in graph order) of every group whose output is one hook."""
-    c = model.cfg
-    groups: list[tuple[str, int, list[int]]] = [("embed", 0, [0])]
-    i = 1
-    for layer in range(c.n_layers):
-        groups.append(("attn", layer, list(range(i, i + c.n_heads))))
-        i += c.n_heads
-        if not c.attn_only:
-            groups.append(("mlp", layer, [i]))
-            i += 1
-    return groups
-
-
-def _group_hook(kind: str, layer: int) -> str:
-    return {
-        "embed": "blocks.0.hook_resid_pre",
-        "attn": f"blocks.{layer}.attn.hook_z",
-        "mlp": f"blocks.{layer}.hook_mlp_out",
-    }[kind]
-
-
-def activation_ig_matrix(
+def eap_ig_act(
     model: Model,
     task: Task,
-    graph: Graph,
-    target_acts: dict[str, torch.Tensor],
-    source_acts: dict[str, torch.Tensor],
-    delta: torch.Tensor,
-    metric: str,
-    clean_logprobs: torch.Tensor,
-    steps: int,
-    pairs: Sequence[tuple[int, int]] = (),
-    examples: Sequence[int] = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
+    direction: str = "denoise",
+    *,
+    ig_steps: int = 5,
+    metric: str | None = None,
+    check: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    graph: Graph | None = None,
+) -> Result:
+    """EAP-IG scores of every edge with each sender group's activations interpolated (see the module docstring)."""
+    from interpkit.attribution.eap_ig import check_steps
+
+    check_steps(ig_steps)
+    resid = [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)]
+    run = setup_edges(model, task, direction, metric, graph, check=check, seed=seed, extra_hooks=resid)
+    matrix, checked = activation_ig_matrix(model, run, ig_steps)
+    meta = {"variant": "activations", "ig_steps": ig_steps, "ig_rule": "right (alpha = k/m)"}
+    return finish_edges(model, run, matrix, "eap-ig", checked, seed=seed, meta=meta)
+
+
+def activation_ig_matrix(model: Model, run: EdgeRun, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(senders x receivers) EAP-IG scores with each sender group's activations interpolated.
 
-    Also returns the per-example scores ``(len(pairs), len(examples))`` of the edges ``pairs`` on
-    the examples ``examples`` (what the honesty check compares with exact patching).
-
-    ``target_acts`` / ``source_acts`` hold every group's output hook and every layer's
-    ``resid_pre``; ``delta`` is ``sender_outputs(source) - sender_outputs(target)``.
+    Also returns the per-example scores ``(len(run.sample), len(run.examples))`` of the sampled
+    edges (what the honesty check compares with exact patching).
     """
     import torch
 
-    fn = get_metric(metric)
+    task, graph, delta = run.task, run.graph, run.delta
+    assert delta is not None
     n, n_pos = len(task), task.n_pos
-    projected = _projected_receivers(model)
-    names = _receiver_names(model, projected)
-    widths = [len(g) for g in _receiver_slices(model, graph, names)]
+    mode = receiver_mode(model, AttributionError)
     matrix = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64, device=model.device)
     alphas = torch.arange(1, steps + 1, device=model.device, dtype=torch.float32) / steps
     example = torch.arange(n, device=model.device).repeat(steps)
     alpha = alphas.repeat_interleave(n)
-    batch_rows = grad_rows(model, n_pos)
-    ex_check = torch.tensor(list(examples), dtype=torch.long, device=model.device)
+    pairs = [run.pairs[i] for i in run.sample]
+    ex_check = torch.tensor(list(run.examples), dtype=torch.long, device=model.device)
     checked = torch.zeros(len(pairs), len(ex_check), device=model.device)
-    for kind, layer, senders in sender_groups(model):
-        hook = model.resolve_hook(_group_hook(kind, layer))
-        t, s = target_acts[hook].clone(), source_acts[hook].clone()
-        start = target_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")].clone()
+    for group in graph.sender_groups:
         total = torch.zeros(n, n_pos, len(graph.receivers), delta.shape[-1], device=model.device)
-
-        def run(lo: int, hi: int, kind: str = kind, layer: int = layer, hook: str = hook, t: Any = t, s: Any = s,
-                start: Any = start, total: Any = total) -> torch.Tensor:  # fmt: skip
-            ex, a = example[lo:hi], alpha[lo:hi].view(-1, *[1] * (t.ndim - 1)).to(t.device, t.dtype)
-            ex_t = ex.to(t.device)  # the group's activations stay on its layer's device
-            point = (t[ex_t] + a * (s[ex_t] - t[ex_t])).detach()
-            kept: dict[str, torch.Tensor] = {}
-
-            def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                kept[hook.name] = act
-                return act
-
-            fwd = [] if kind == "embed" else [(hook, lambda act, hook: point.to(act.device))]
-            fwd += [(name, keep) for name in names]
-            with torch.enable_grad():
-                first = point.requires_grad_(True) if kind == "embed" else start[ex.to(start.device)]
-                final = forward_final(model, first, layer, task.answer_pos[ex], fwd)
-                values = fn(final, task.answer[ex], task.wrong[ex], clean_logprobs[ex])
-                if not values.requires_grad:
-                    raise no_gradient(metric)
-                present = [
-                    n for n in names if model.resolve_hook(n) in kept and kept[model.resolve_hook(n)].requires_grad
-                ]
-                grads = torch.autograd.grad(
-                    values.sum(), [kept[model.resolve_hook(name)] for name in present], allow_unused=True
-                )
-            offset = 0
-            for name, width in zip(names, widths, strict=True):
-                if name in present:
-                    g = grads[present.index(name)]
-                    if g is not None:
-                        g = input_gradient(model, name, g.detach()).float()
-                        g = g if g.ndim == 4 else g[:, :, None]
-                        total[:, :, offset : offset + width].index_add_(0, ex, g.to(total.device))
-                offset += width
-            return values.detach()
-
-        with contextlib.nullcontext() if projected else split_inputs(model):
-            run_chunked(steps * n, batch_rows, run)
+        step = _group_step(model, run, group, mode, total, example, alpha)
+        with mode_context(model, mode):
+            run_chunked(steps * n, grad_rows(model, n_pos), step)
+        senders = list(range(group.lo, group.hi))
         d = delta[:, :, senders].double()  # (b, p, |G|, d_model)
         matrix[senders] = torch.einsum("bpsd,bprd->sr", d, total.double()) / (n * steps)
         for k, (s_idx, r_idx) in enumerate(pairs):
-            if s_idx in senders:
+            if group.lo <= s_idx < group.hi:
                 per = (delta[ex_check, :, s_idx].double() * total[ex_check, :, r_idx].double()).sum((1, 2))
                 checked[k] = (per / steps).float()
     return matrix.float(), checked
 
 
-def _receiver_slices(model: Model, graph: Graph, names: list[str]) -> list[list[int]]:
-    """Receiver indices (graph order) each receiver hook covers."""
-    c = model.cfg
-    out, i = [], 0
-    for name in names:
-        if name.endswith(("q_input", "attn.hook_q")):
-            width = c.n_heads
-        elif name.endswith(("k_input", "v_input", "attn.hook_k", "attn.hook_v")):
-            width = c.n_kv_heads
-        else:
-            width = 1
-        out.append(list(range(i, i + width)))
-        i += width
-    if i != len(graph.receivers):
-        raise AssertionError(f"receiver layout mismatch: {i} hook columns for {len(graph.receivers)} receivers")
-    return out
+def _group_step(
+    model: Model,
+    run: EdgeRun,
+    group: Group,
+    mode: str,
+    total: torch.Tensor,
+    example: torch.Tensor,
+    alpha: torch.Tensor,
+) -> Any:
+    """``step(lo, hi)``: rows ``[lo, hi)`` of (step, example) with ``group``'s output at its point on the path,
+    the receivers' input gradients added into ``total`` ``(batch, pos, n_receivers, d_model)``."""
+    import torch
+
+    task, graph = run.task, run.graph
+    fn = get_metric(run.metric)
+    hook = model.resolve_hook(group.kind.hook(group.layer))
+    t, s = run.target_acts[hook], run.source_acts[hook]
+    layer = max(group.layer, 0)
+    start = run.target_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")]
+    names = [g.kind.hook(model, g.layer, mode) for g in graph.receiver_groups]
+    unique = list(dict.fromkeys(names))
+
+    def step(lo: int, hi: int) -> torch.Tensor:
+        ex, a = example[lo:hi], alpha[lo:hi].view(-1, *[1] * (t.ndim - 1)).to(t.device, t.dtype)
+        ex_t = ex.to(t.device)  # the group's activations stay on its layer's device
+        point = (t[ex_t] + a * (s[ex_t] - t[ex_t])).detach().requires_grad_(True)
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            kept[hook.name] = act
+            return act
+
+        fwd = [(hook, lambda act, hook: point.to(act.device)), *[(name, keep) for name in unique]]
+        with torch.enable_grad():
+            final = forward_final(model, start[ex.to(start.device)], layer, task.answer_pos[ex], fwd)
+            values = fn(final, task.answer[ex], task.wrong[ex], run.base["clean_logprobs"][ex])
+            if not values.requires_grad:
+                raise no_gradient(run.metric)
+            present = [n for n in unique if model.resolve_hook(n) in kept and kept[model.resolve_hook(n)].requires_grad]
+            grads = torch.autograd.grad(
+                values.sum(), [kept[model.resolve_hook(name)] for name in present], allow_unused=True
+            )
+        found = {name: g for name, g in zip(present, grads, strict=True) if g is not None}
+        for g, name in zip(graph.receiver_groups, names, strict=True):
+            if name in found:
+                grad = g.kind.gradient(model, g.layer, found[name].detach(), mode).float()
+                total[:, :, g.lo : g.hi].index_add_(0, ex, grad.to(total.device))
+        return values.detach()
+
+    return step
+
+
+__all__ = ["activation_ig_matrix", "eap_ig_act"]

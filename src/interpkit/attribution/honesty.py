@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from interpkit.models import Model
-    from interpkit.patching._plan import Plan
+    from interpkit.runtime import Plan
     from interpkit.tasks import Task
 
 DEFAULT_SAMPLE = 32
@@ -121,44 +121,36 @@ def exact_nodes(
     """
     import torch
 
-    from interpkit.metrics import get as get_metric
-    from interpkit.patching._engine import auto_rows, capture, forward_final, masked_patch_hook, run_chunked
-    from interpkit.patching._plan import patch_mask
+    from interpkit.runtime import capture, grid_rows, masked_patch_hook, metric_rows, patch_mask
 
-    fn = get_metric(metric)
     sub = subplan(plan, idx)
-    n = len(task)
+    examples = list(range(len(task))) if examples is None else list(examples)
+    sel = torch.tensor(examples, device=task.clean.device)
+    part = task.subset(sel.cpu()).to(model.device)  # only the checked examples
     layers = sorted(set(sub.layer))
     hook_names = {lay: model.resolve_hook(sub.hook(lay)) for lay in layers}
     resid_names = {lay: model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in layers}
-    target, source = (task.corrupt, task.clean) if direction == "denoise" else (task.clean, task.corrupt)
-    examples = list(range(n)) if examples is None else list(examples)
-    sel = torch.tensor(examples, device=model.device)
-    target_acts, _ = capture(model, target[sel], list(resid_names.values()))  # only the checked examples
-    source_acts, _ = capture(model, source[sel], list(hook_names.values()))
-    column = {b: j for j, b in enumerate(examples)}
+    target, source = (part.corrupt, part.clean) if direction == "denoise" else (part.clean, part.corrupt)
+    target_acts, _ = capture(model, target, list(resid_names.values()))
+    source_acts, _ = capture(model, source, list(hook_names.values()))
     values = torch.full((len(sub), len(examples)), float("nan"), device=model.device)
-    with torch.inference_mode():
-        for lay in layers:
-            ids = [i for i, pl in enumerate(sub.layer) if pl == lay]
-            rows_patch = [p for p in ids for _ in examples]
-            rows_example = [b for _ in ids for b in examples]
 
-            def run(lo: int, hi: int, lay: int = lay, rows_patch: list = rows_patch, rows_example: list = rows_example):
-                ex = torch.tensor(rows_example[lo:hi], device=model.device)
-                local = torch.tensor([column[b] for b in rows_example[lo:hi]], device=model.device)
-                chunk = rows_patch[lo:hi]
-                src, start = source_acts[hook_names[lay]], target_acts[resid_names[lay]]  # on their layer's device
-                hook = masked_patch_hook(
-                    lambda shape, device: patch_mask(sub, chunk, shape, device), src[local.to(src.device)]
-                )
-                final = forward_final(model, start[local.to(start.device)], lay, task.answer_pos[ex],
-                                      [(hook_names[lay], hook)])  # fmt: skip
-                vals = fn(final, task.answer[ex], task.wrong[ex], clean_logprobs[ex])
-                values[torch.tensor(chunk, device=model.device), local] = vals.to(values.dtype)
-                return vals
+    def segment(lay: int) -> Any:
+        ids = [i for i, pl in enumerate(sub.layer) if pl == lay]
+        src = source_acts[hook_names[lay]]
 
-            run_chunked(len(rows_patch), auto_rows(model, task.n_pos), run)
+        def hooks(a: int, b: int, ex: torch.Tensor) -> list[tuple[str, Any]]:
+            chunk = rows.items[a:b]
+            patch = masked_patch_hook(
+                lambda shape, device: patch_mask(sub, chunk, shape, device), src[ex.to(src.device)]
+            )
+            return [(hook_names[lay], patch)]
+
+        rows = grid_rows(lay, ids, len(examples), target_acts[resid_names[lay]], hooks)
+        return rows
+
+    logprobs = clean_logprobs[sel.to(clean_logprobs.device)]
+    metric_rows(model, part, [segment(lay) for lay in layers], values, metric=metric, clean_logprobs=logprobs)
     return values
 
 

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 from interpkit.attribution.atp import AttributionError, finish, grad_rows, linear_estimate, no_gradient, setup
 from interpkit.attribution.honesty import DEFAULT_SAMPLE
 from interpkit.metrics import get as get_metric
-from interpkit.patching._engine import forward_final, run_chunked
-from interpkit.patching._plan import patch_mask
+from interpkit.runtime import forward_final, patch_mask, run_chunked
 
 if TYPE_CHECKING:
     import torch

@@ -23,7 +23,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from interpkit.cache._errors import CacheError, CacheWarning
-from interpkit.cache._weights import final_norm, head_out_weights, post_attn_norm, unembed_weights
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +85,7 @@ def _head_stack(cache: ActivationCache, layer: int) -> tuple[torch.Tensor, list[
 
     c = cache.model.cfg
     z = torch.stack(cache.need([f"blocks.{ell}.attn.hook_z" for ell in range(layer)]))  # (l, b, p, h, e)
-    w_o, _ = head_out_weights(cache.model)
+    w_o, _ = cache.model.anatomy.head_out
     dtype = _dtype(cache, z)
     out = torch.einsum("lbphe,lhem->lhbpm", z.to(dtype), w_o[:layer].to(z.device, dtype))
     labels = [f"L{ell}H{h}" for ell in range(layer) for h in range(c.n_heads)]
@@ -120,12 +119,12 @@ def _components(cache: ActivationCache, layer: int) -> tuple[torch.Tensor, list[
     if layer > 0:
         heads, head_labels = _head_stack(cache, layer)
         heads = heads.reshape(layer, c.n_heads, *heads.shape[1:])
-        _, b_o = head_out_weights(cache.model)
+        _, b_o = cache.model.anatomy.head_out
         mlps = found[len(names) - layer :] if not c.attn_only else []
         for ell in range(layer):
             layer_heads = heads[ell]  # (head, batch, pos, d_model)
             bias = None if b_o is None else b_o[ell].to(embed.device, dtype).expand(embed.shape)
-            post = post_attn_norm(cache.model, ell)
+            post = cache.model.anatomy.post_attn_norm(ell)
             if post is not None:  # linearised at this run: each head's share of the normed output
                 scale = post.scale(layer_heads.sum(0) + (0 if bias is None else bias))
                 layer_heads = post.linear(layer_heads, scale)
@@ -166,7 +165,7 @@ def decompose_resid(cache: ActivationCache, layer: int | None = None) -> Result:
 
 
 def apply_ln_final(cache: ActivationCache, stack: torch.Tensor) -> torch.Tensor:
-    norm = final_norm(cache.model)
+    norm = cache.model.anatomy.final_norm
     if not norm.present:
         return stack
     (scale,) = cache.need(["ln_final.hook_scale"])
@@ -175,9 +174,9 @@ def apply_ln_final(cache: ActivationCache, stack: torch.Tensor) -> torch.Tensor:
 
 def logit_lens(cache: ActivationCache, mid: bool = False) -> Result:
     stacked = accumulated_resid(cache, None, mid)
-    w_u, b_u = unembed_weights(cache.model)
+    w_u, b_u = cache.model.anatomy.unembed
     resid = stacked.scores
-    normed = final_norm(cache.model)(resid)
+    normed = cache.model.anatomy.final_norm(resid)
     logits = normed @ w_u.to(resid) + b_u.to(resid)
     return _result(cache, logits, ("component", "batch", "pos", "d_vocab"), stacked.labels["component"], "logit_lens")
 
@@ -206,7 +205,7 @@ def logit_attrs(cache: ActivationCache, answer: Any, wrong: Any = None) -> Resul
     stack, labels = _components(cache, cache.model.cfg.n_layers)
     _check_sum(cache, stack, cache.model.cfg.n_layers)
     _, batch, n_pos, _ = stack.shape
-    w_u, b_u = unembed_weights(cache.model)
+    w_u, b_u = cache.model.anatomy.unembed
     w_u, b_u = w_u.to(stack), b_u.to(stack)
     d_vocab = w_u.shape[1]
     a = _ids(answer, batch, n_pos, d_vocab, stack.device, "answer")
@@ -216,7 +215,7 @@ def logit_attrs(cache: ActivationCache, answer: Any, wrong: Any = None) -> Resul
         w = _ids(wrong, batch, n_pos, d_vocab, stack.device, "wrong")
         direction = direction - w_u.T[w]
         const = const - b_u[w]
-    norm = final_norm(cache.model)
+    norm = cache.model.anatomy.final_norm
     if norm.present and norm.bias is not None:
         const = const + direction @ norm.bias.to(stack)
     normed = apply_ln_final(cache, stack)

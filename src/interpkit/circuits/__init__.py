@@ -4,7 +4,7 @@
 only some edges live; ``discover_circuit`` (``_discover``, ``_acdc``) finds circuits by top-n,
 threshold, greedy growth or ACDC; ``faithfulness``, ``faithfulness_curve`` and ``stability``
 (``_faithfulness``) measure them; ``edge_removal_scores`` (``_scores``) scores every edge by
-ablating it alone; ``curve_figure`` (``_figure``) plots a faithfulness curve.
+ablating it alone; ``curve_figure`` (from :mod:`interpkit.plots`) plots a faithfulness curve.
 """
 
 from interpkit.circuits._acdc import acdc as acdc
@@ -17,8 +17,8 @@ from interpkit.circuits._errors import CircuitError as CircuitError
 from interpkit.circuits._faithfulness import faithfulness as faithfulness
 from interpkit.circuits._faithfulness import faithfulness_curve as faithfulness_curve
 from interpkit.circuits._faithfulness import stability as stability
-from interpkit.circuits._figure import curve_figure as curve_figure
 from interpkit.circuits._scores import edge_removal_scores as edge_removal_scores
+from interpkit.plots import curve_figure as curve_figure
 
 __all__ = [
     "Circuit",

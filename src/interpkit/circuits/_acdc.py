@@ -29,6 +29,7 @@ from interpkit.circuits._circuit import Circuit, feeds, reaches_logits
 from interpkit.circuits._engine import EdgeRunner
 
 if TYPE_CHECKING:
+    from interpkit.graph import Graph
     from interpkit.models import Model
     from interpkit.tasks import Task
 
@@ -42,6 +43,7 @@ def acdc(
     ablation: str = "counterfactual",
     seed: int = 0,
     batch_size: int | None = None,
+    graph: Graph | None = None,
 ) -> Circuit:
     """ACDC's circuit for ``task`` at threshold ``tau``; each kept edge scores the metric change its removal caused.
 
@@ -50,7 +52,7 @@ def acdc(
     import torch
 
     metric = metric or "kl"
-    runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed)
+    runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed, graph=graph)
     graph = runner.graph
     fed = feeds(graph)
     current = graph.mask.clone()

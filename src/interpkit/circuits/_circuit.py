@@ -1,9 +1,10 @@
 """``Circuit``: a set of edges of a model's computational graph, with optional per-edge scores.
 
-The graph is :func:`interpkit.attribution.graph.build_graph`'s: senders (``embed``, heads
+The graph is an :mod:`interpkit.graph` graph (by default :func:`interpkit.graph.build_graph`'s: senders (``embed``, heads
 ``L3H5``, MLPs ``L3.mlp``) write to the residual stream, receivers (``L3H5.q``, ``L3H5.k`` or
 ``L3KV1.k`` under grouped-query attention, ``L3.mlp``, ``logits``) read it, and an edge
-``"L0H3->L1H5.k"`` exists where the sender writes before the receiver reads. A circuit keeps a
+``"L0H3->L1H5.k"`` exists where the sender writes before the receiver reads; other node kinds
+can be registered). A circuit keeps a
 subset of those edges; every other edge carries its ablated value when the circuit is run
 (:func:`interpkit.circuits.run_with_edges`).
 
@@ -24,7 +25,6 @@ MIB benchmark, Mueller et al. 2025, evaluates circuits after the same pruning).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import types
@@ -32,9 +32,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution.graph import Graph, build_graph
 from interpkit.circuits._errors import CircuitError
 from interpkit.errors import unknown
+from interpkit.graph import Graph, build_graph
 from interpkit.results import write_text_atomic
 
 if TYPE_CHECKING:
@@ -56,14 +56,17 @@ class ModelIdentity:
     attn_only: bool
     graph_hash: str
     parallel_attn_mlp: bool = False  # absent from files written before it was recorded: sequential blocks
+    graph_kinds: dict[str, list[str]] | None = None  # the node kinds, where not the default graph's
 
     @classmethod
-    def of(cls, model: Model) -> ModelIdentity:
+    def of(cls, model: Model, graph: Graph | None = None) -> ModelIdentity:
         c = model.cfg
-        graph = build_graph(model)
+        graph = graph or build_graph(model)
+        kinds = None if graph.is_default else {k: list(v) for k, v in graph.kinds.items()}
         return cls(
-            model.name, c.n_layers, c.n_heads, c.n_kv_heads, bool(c.attn_only), graph_hash(graph), c.parallel_attn_mlp
-        )
+            model.name, c.n_layers, c.n_heads, c.n_kv_heads, bool(c.attn_only), graph.hash(), c.parallel_attn_mlp,
+            kinds,
+        )  # fmt: skip
 
     def graph(self) -> Graph:
         cfg = types.SimpleNamespace(
@@ -73,17 +76,16 @@ class ModelIdentity:
             attn_only=self.attn_only,
             parallel_attn_mlp=self.parallel_attn_mlp,
         )
-        return build_graph(types.SimpleNamespace(cfg=cfg))
+        kinds = self.graph_kinds or {}
+        return build_graph(types.SimpleNamespace(cfg=cfg), kinds.get("senders"), kinds.get("receivers"))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.graph_hash))
 
 
 def graph_hash(graph: Graph) -> str:
     """SHA-256 (first 16 hex digits) of the graph's node labels and edge mask."""
-    digest = hashlib.sha256()
-    digest.update("|".join(n.label for n in graph.senders).encode())
-    digest.update(b"#")
-    digest.update("|".join(n.label for n in graph.receivers).encode())
-    digest.update(graph.mask.cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return graph.hash()
 
 
 def receiver_node(graph: Graph, r: int) -> str:
@@ -98,25 +100,7 @@ def feeds(graph: Graph) -> torch.Tensor:
     A head is fed by its query input and by the key/value inputs of its KV head; an MLP by its
     input. ``embed`` has no inputs and ``logits`` is no sender.
     """
-    import torch
-
-    n_heads = sum(1 for n in graph.senders if n.kind == "head" and n.layer == 0)
-    n_kv = sum(1 for n in graph.receivers if n.kind == "k" and n.layer == 0)
-    group = max(1, n_heads // max(1, n_kv))
-
-    def column(nodes: list[Any], attr: str) -> torch.Tensor:
-        return torch.tensor([-1 if getattr(n, attr) is None else getattr(n, attr) for n in nodes])
-
-    s_kind = [n.kind for n in graph.senders]
-    r_kind = [n.kind for n in graph.receivers]
-    s_head, r_index = column(graph.senders, "index"), column(graph.receivers, "index")
-    same_layer = column(graph.receivers, "layer")[:, None] == column(graph.senders, "layer")[None, :]
-    s_is = {k: torch.tensor([x == k for x in s_kind]) for k in ("head", "mlp")}
-    r_is = {k: torch.tensor([x == k for x in r_kind]) for k in ("q", "k", "v", "mlp")}
-    mlp = r_is["mlp"][:, None] & s_is["mlp"][None, :]
-    query = r_is["q"][:, None] & s_is["head"][None, :] & (r_index[:, None] == s_head[None, :])
-    kv = (r_is["k"] | r_is["v"])[:, None] & s_is["head"][None, :] & (r_index[:, None] == s_head[None, :] // group)
-    return same_layer & (mlp | query | kv)
+    return graph.feeds()
 
 
 def _flags(graph: Graph, kind: str, device: Any) -> torch.Tensor:
@@ -178,9 +162,10 @@ class Circuit:
         edges: Iterable[str],
         scores: Mapping[str, float] | None = None,
         meta: Mapping[str, Any] | None = None,
+        graph: Graph | None = None,
     ) -> None:
-        self.identity = model if isinstance(model, ModelIdentity) else ModelIdentity.of(model)
-        self.graph = self.identity.graph()
+        self.identity = model if isinstance(model, ModelIdentity) else ModelIdentity.of(model, graph)
+        self.graph = graph if graph is not None and graph.hash() == self.identity.graph_hash else self.identity.graph()
         self._index = {label: i for i, label in enumerate(self.graph.edge_labels())}
         wanted = set()
         for label in edges:
@@ -200,10 +185,11 @@ class Circuit:
         mask: torch.Tensor,
         matrix: torch.Tensor | None = None,
         meta: Mapping[str, Any] | None = None,
+        graph: Graph | None = None,
     ) -> Circuit:
         """The circuit of the edges where ``mask`` (senders x receivers) is True; scores from ``matrix``."""
-        identity = model if isinstance(model, ModelIdentity) else ModelIdentity.of(model)
-        graph = identity.graph()
+        identity = model if isinstance(model, ModelIdentity) else ModelIdentity.of(model, graph)
+        graph = graph if graph is not None and graph.hash() == identity.graph_hash else identity.graph()
         if tuple(mask.shape) != tuple(graph.mask.shape):
             raise CircuitError(f"edge mask has shape {tuple(mask.shape)}; this graph needs {tuple(graph.mask.shape)}")
         pairs = (mask.cpu().bool() & graph.mask).nonzero().tolist()
@@ -212,13 +198,14 @@ class Circuit:
         if matrix is not None:
             m = matrix.detach().cpu().float()
             scores = {e: float(m[s, r]) for e, (s, r) in zip(edges, pairs, strict=True)}
-        return cls(identity, edges, scores, meta)
+        return cls(identity, edges, scores, meta, graph)
 
     @classmethod
-    def full(cls, model: Model | ModelIdentity) -> Circuit:
+    def full(cls, model: Model | ModelIdentity, graph: Graph | None = None) -> Circuit:
         """Every edge of the graph."""
-        identity = model if isinstance(model, ModelIdentity) else ModelIdentity.of(model)
-        return cls(identity, identity.graph().edge_labels())
+        identity = model if isinstance(model, ModelIdentity) else ModelIdentity.of(model, graph)
+        graph = graph if graph is not None and graph.hash() == identity.graph_hash else identity.graph()
+        return cls(identity, graph.edge_labels(), graph=graph)
 
     # ------------------------------------------------------------------ set protocol
     @property
@@ -264,7 +251,7 @@ class Circuit:
 
     def check_model(self, model: Model) -> None:
         """CircuitError unless ``model`` is the model this circuit was built on."""
-        theirs = ModelIdentity.of(model)
+        theirs = ModelIdentity.of(model, self.graph)
         if theirs != self.identity:
             diff = [
                 f"{f.name}: circuit {getattr(self.identity, f.name)!r}, model {getattr(theirs, f.name)!r}"
@@ -278,7 +265,7 @@ class Circuit:
         kept = prune_mask(self.graph, self.mask())
         pairs = kept.nonzero().tolist()
         edges = [f"{self.graph.senders[s].label}->{self.graph.receivers[r].label}" for s, r in pairs]
-        return Circuit(self.identity, edges, self.scores, self.meta)
+        return Circuit(self.identity, edges, self.scores, self.meta, self.graph)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -298,7 +285,7 @@ class Circuit:
             identity = ModelIdentity(**data["model"])
         except TypeError as exc:
             raise CircuitError(f"malformed model block in circuit file: {exc}") from None
-        if graph_hash(identity.graph()) != identity.graph_hash:
+        if identity.graph().hash() != identity.graph_hash:
             raise CircuitError(f"circuit file's graph hash {identity.graph_hash!r} does not match its model shape")
         circ = cls(identity, data.get("edges", []), data.get("scores"), data.get("meta"))
         if model is not None:
@@ -320,6 +307,6 @@ class Circuit:
 
     def figure(self, title: str | None = None) -> Any:
         """A plotly figure of the circuit: layers left to right, edges sized by |score|, coloured by sign."""
-        from interpkit.circuits._figure import circuit_figure
+        from interpkit.results import figure_for
 
-        return circuit_figure(self, title)
+        return figure_for(self, "circuit", title=title)

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution.graph import Graph, build_graph
 from interpkit.circuits._circuit import Circuit, feeds
 from interpkit.circuits._errors import CircuitError
 from interpkit.errors import unknown
+from interpkit.graph import Graph, build_graph
 
 if TYPE_CHECKING:
     import torch
@@ -47,16 +47,28 @@ if TYPE_CHECKING:
     from interpkit.tasks import Task
 
 SELECTIONS = ("top_n", "threshold", "greedy", "acdc")
-METHODS = ("eap", "eap-ig", "exact")
+METHODS = ("eap", "eap-ig", "eap-ig-act", "exact")
 
 
-def score_matrix(model: Model, scores: Result | Circuit) -> torch.Tensor:
+def graph_of(model: Model, obj: Any = None, graph: Graph | None = None) -> Graph:
+    """The graph ``obj`` (a Circuit, or an edge Result whose ``meta["graph"]`` names its node kinds) was made on."""
+    from interpkit.circuits._circuit import Circuit
+
+    if graph is not None:
+        return graph
+    if isinstance(obj, Circuit):
+        return obj.graph
+    kinds = (getattr(obj, "meta", None) or {}).get("graph") or {}
+    return build_graph(model, kinds.get("senders"), kinds.get("receivers"))
+
+
+def score_matrix(model: Model, scores: Result | Circuit, graph: Graph | None = None) -> torch.Tensor:
     """``(n_senders, n_receivers)`` scores (0 off the graph) from an edge-attribution Result or a scored Circuit."""
     import torch
 
     from interpkit.circuits._circuit import Circuit
 
-    graph = build_graph(model)
+    graph = graph_of(model, scores, graph)
     if isinstance(scores, Circuit):
         scores.check_model(model)
         if not scores.scores:
@@ -122,6 +134,8 @@ def discover_circuit(
     ablation: str = "counterfactual",
     scores: Result | None = None,
     seed: int = 0,
+    direction: str | None = None,
+    graph: Graph | None = None,
     **method_options: Any,
 ) -> Circuit:
     """A pruned circuit for ``task``: edges selected from ``method``'s scores, or found by ACDC.
@@ -145,7 +159,7 @@ def discover_circuit(
             raise CircuitError("select='acdc' takes tau, not n_edges or threshold")
         from interpkit.circuits._acdc import acdc
 
-        return acdc(model, task, tau=float(tau), metric=metric, ablation=ablation, seed=seed)
+        return acdc(model, task, tau=float(tau), metric=metric, ablation=ablation, seed=seed, graph=graph)
     if tau is not None:
         raise CircuitError(f"tau is ACDC's option; select={select!r} does not use it")
     if select == "threshold":
@@ -158,14 +172,16 @@ def discover_circuit(
     if scores is None:
         if method not in METHODS:
             raise unknown("edge method", str(method), METHODS, CircuitError)
-        from interpkit.attribution.eap import edge_scores
+        from interpkit.attribution import edge_scores
+        from interpkit.runtime import default_direction
 
-        scores = edge_scores(model, task, method, metric=metric, seed=seed, **method_options)
+        direction = default_direction(direction, "discover_circuit", was="noise")
+        scores = edge_scores(model, task, method, direction, metric=metric, seed=seed, graph=graph, **method_options)
         meta["method"] = method
     else:
         meta["method"] = (scores.meta or {}).get("method", "given scores")
-    graph = build_graph(model)
-    matrix = score_matrix(model, scores)
+    graph = graph_of(model, scores, graph)
+    matrix = score_matrix(model, scores, graph)
     if select == "top_n":
         mask = top_n_mask(graph, matrix, int(n_edges))
     elif select == "greedy":
@@ -173,4 +189,4 @@ def discover_circuit(
     else:
         mask = (matrix.abs() >= float(threshold)) & graph.mask
     meta.update({"n_edges_requested": n_edges, "threshold": threshold, "n_edges_selected": int(mask.sum())})
-    return Circuit.from_mask(model, mask, matrix, meta).prune()
+    return Circuit.from_mask(model, mask, matrix, meta, graph).prune()

@@ -33,40 +33,38 @@ as memory allows (halving on out-of-memory). The loop is over layers, never over
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution._endpoints import _sender_names, sender_outputs, split_inputs, supports_split_inputs
-from interpkit.attribution.graph import build_graph
 from interpkit.circuits._errors import CircuitError
+from interpkit.graph import build_graph, mode_context, receiver_mode, sender_hooks, sender_outputs
 from interpkit.metrics import final_logits
 from interpkit.metrics import get as get_metric
-from interpkit.patching._engine import (
+from interpkit.runtime import (
+    Rows,
+    ablation_source,
     auto_rows,
     capture,
-    final_hook,
-    forward_final,
+    check_mode,
     free_memory_bytes,
-    run_chunked,
+    metric_rows,
 )
-from interpkit.patching._sources import ablation_source, check_mode
 
 if TYPE_CHECKING:
     import torch
 
     from interpkit.circuits._circuit import Circuit
+    from interpkit.graph import Graph
     from interpkit.models import Model
     from interpkit.tasks import Task
 
 
-def as_masks(model: Model, circuits: Any) -> torch.Tensor:
+def as_masks(model: Model, circuits: Any, graph: Graph | None = None) -> torch.Tensor:
     """``(n_circuits, n_senders, n_receivers)`` bool from a mask, a Circuit or a list of Circuits."""
     import torch
 
     from interpkit.circuits._circuit import Circuit
 
-    graph = build_graph(model)
     if isinstance(circuits, Circuit):
         circuits = [circuits]
     if isinstance(circuits, Sequence) and not isinstance(circuits, torch.Tensor):
@@ -74,8 +72,10 @@ def as_masks(model: Model, circuits: Any) -> torch.Tensor:
             if not isinstance(c, Circuit):
                 raise CircuitError(f"expected Circuit objects or an edge-mask tensor, got {type(c).__name__}")
             c.check_model(model)
+        graph = graph or (circuits[0].graph if circuits else build_graph(model))
         masks = torch.stack([c.mask() for c in circuits]) if circuits else torch.zeros(0, *graph.mask.shape)
     else:
+        graph = graph or build_graph(model)
         masks = circuits
     masks = masks.bool()
     if masks.ndim == 2:
@@ -83,20 +83,27 @@ def as_masks(model: Model, circuits: Any) -> torch.Tensor:
     if tuple(masks.shape[1:]) != tuple(graph.mask.shape):
         raise CircuitError(
             f"edge masks have shape {tuple(masks.shape)}; {model.name} needs (n_circuits, {len(graph.senders)}, "
-            f"{len(graph.receivers)}) (senders x receivers of ik.attribution.graph.build_graph)"
+            f"{len(graph.receivers)}) (senders x receivers of interpkit.graph.build_graph)"
         )
     return masks
 
 
 class EdgeRunner:
-    """Sources and baselines of one (model, task, ablation), to evaluate many circuits.
+    """Sources and baselines of one (model, task, ablation, graph), to evaluate many circuits.
 
     >>> runner = EdgeRunner(model, task, "mean")                       # doctest: +SKIP
     >>> values = runner(masks)            # (n_circuits, n_examples)    # doctest: +SKIP
     """
 
     def __init__(
-        self, model: Model, task: Task, ablation: str = "counterfactual", *, metric: str | None = None, seed: int = 0
+        self,
+        model: Model,
+        task: Task,
+        ablation: str = "counterfactual",
+        *,
+        metric: str | None = None,
+        seed: int = 0,
+        graph: Graph | None = None,
     ) -> None:
         import torch
 
@@ -105,19 +112,14 @@ class EdgeRunner:
         self.metric = metric or task.metric
         self.fn = get_metric(self.metric)
         self.task = task = task.to(model.device)
-        self.graph = build_graph(model)
-        self.split = supports_split_inputs(model)
-        if not self.split and (model.cfg.normalization is not None or not model.cfg.attn_only):
-            raise CircuitError(
-                f"{model.name}'s bridge has no per-head q/k/v input hooks (set_use_split_qkv_input is unsupported "
-                "for its attention class), so edges into single heads can only be patched in attention-only "
-                "models without a norm before attention (where the q/k/v change is the projected input change)"
-            )
-        names = _sender_names(model)
+        self.graph = graph or build_graph(model)
+        self.mode = receiver_mode(model, CircuitError)
+        names = sender_hooks(self.graph)
         clean_acts, clean_logits = capture(model, task.clean, names)
         corrupt_acts, corrupt_logits = capture(model, task.corrupt, names)
         with torch.inference_mode():
-            clean_out, corrupt_out = sender_outputs(model, clean_acts), sender_outputs(model, corrupt_acts)
+            clean_out = sender_outputs(model, self.graph, clean_acts)
+            corrupt_out = sender_outputs(model, self.graph, corrupt_acts)
             self.source = ablation_source(ablation, clean_out, corrupt_out, task, seed)  # (batch or 1, pos, S, d)
             self.clean_logprobs = final_logits(clean_logits, task.answer_pos).float().log_softmax(-1)
             self.clean_values = self._metric(final_logits(clean_logits, task.answer_pos), slice(None))
@@ -131,27 +133,26 @@ class EdgeRunner:
         """Per-example metric ``(n_circuits, n_examples)`` with only each mask's edges live."""
         import torch
 
-        masks = as_masks(self.model, masks).to(self.model.device)
+        masks = as_masks(self.model, masks, self.graph).to(self.model.device)
         n_ex = len(self.task)
-        n_rows = masks.shape[0] * n_ex
-        if n_rows == 0:
-            return torch.zeros(masks.shape[0], n_ex, device=self.model.device)
+        out = torch.zeros(masks.shape[0], n_ex, device=self.model.device)
+        if masks.shape[0] == 0:
+            return out
         dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
         removed = (self.graph.mask.to(masks.device)[None] & ~masks).to(dtype)  # (C, S, R)
-        n_senders = len(self.graph.senders)
-        rows = batch_size or self._auto_rows(n_senders)
+        n_circuits = masks.shape[0]
+        items = [c for c in range(n_circuits) for _ in range(n_ex)]
 
-        def run(start: int, stop: int) -> torch.Tensor:
-            idx = torch.arange(start, stop, device=masks.device)
-            ex = idx % n_ex
+        def hooks(a: int, b: int, ex: torch.Tensor) -> list[tuple[str, Any]]:
+            idx = torch.tensor(items[a:b], device=masks.device)
             src = self.source[ex] if self.source.shape[0] > 1 else self.source
-            fwd = self._hooks(removed[idx // n_ex], src, stop - start)
-            final = forward_final(self.model, self.task.clean[ex], None, self.task.answer_pos[ex], fwd)
-            return self._metric(final, ex)
+            return self._hooks(removed[idx], src, b - a)
 
-        with torch.inference_mode(), split_inputs(self.model) if self.split else contextlib.nullcontext():
-            values = run_chunked(n_rows, rows, run)
-        return torch.cat(values).reshape(masks.shape[0], n_ex)
+        rows = Rows(None, items, list(range(n_ex)) * n_circuits, self.task.clean, hooks)
+        with mode_context(self.model, self.mode):
+            metric_rows(self.model, self.task, [rows], out, metric=self.metric, clean_logprobs=self.clean_logprobs,
+                        batch_size=batch_size or self._auto_rows(len(self.graph.senders)))  # fmt: skip
+        return out.float()
 
     def _auto_rows(self, n_senders: int) -> int:
         """The engine's rows per forward, capped so the (rows, pos, sender, d_model) buffers fit."""
@@ -165,64 +166,33 @@ class EdgeRunner:
         """Sender-capturing and receiver-patching hooks for ``n`` rows; ``removed`` (n, S, R)."""
         import torch
 
-        model, c = self.model, self.model.cfg
+        model, graph = self.model, self.graph
         delta = torch.zeros(n, self.task.n_pos, src.shape[2], src.shape[3], dtype=src.dtype, device=src.device)
-        mlp = 0 if c.attn_only else 1
         hooks: list[tuple[str, Any]] = []
 
         # delta, src and removed sit on model.device; a split model's hooks fire on their layer's device
-        def put(lo: int, hi: int, out: torch.Tensor) -> None:
-            delta[:, :, lo:hi] = out.to(delta.device) - src[:, :, lo:hi]  # this run's output minus the ablated output
-
-        def patch_heads(lo: int, n_before: int) -> Any:
-            def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # act (rows, pos, head, d_model)
-                r = removed[:, :n_before, lo : lo + act.shape[2]]
-                return act - torch.einsum("bpsd,bsh->bphd", delta[:, :, :n_before], r).to(act.device, act.dtype)
+        def capture_senders(group: Any) -> Any:
+            def hook(act: torch.Tensor, hook: Any) -> None:  # this run's output minus the ablated output
+                out = group.kind.outputs(model, group.layer, act).to(delta.device)
+                delta[:, :, group.lo : group.hi] = out - src[:, :, group.lo : group.hi]
 
             return hook
 
-        def patch_one(r_index: int, n_before: int) -> Any:
-            def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # act (rows, pos, d_model)
-                r = removed[:, :n_before, r_index]
-                return act - torch.einsum("bpsd,bs->bpd", delta[:, :, :n_before], r).to(act.device, act.dtype)
+        def patch_receivers(group: Any) -> Any:
+            column = graph.mask[:, group.lo]
+            n_before = int(column.nonzero().max()) + 1 if bool(column.any()) else 0  # senders written so far
+
+            def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                r = removed[:, :n_before, group.lo : group.hi]
+                change = torch.einsum("bpsd,bsr->bprd", delta[:, :, :n_before], r)
+                return group.kind.add(model, group.layer, act, -change, self.mode)
 
             return hook
 
-        def patch_projected(lo: int, n_before: int, w: torch.Tensor) -> Any:
-            # No per-head input hook: the input change, projected by W_Q/W_K/W_V, is the q/k/v change
-            # (exact only without a norm before attention, which EdgeRunner checks).
-            def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # act (rows, pos, head, d_head)
-                r = removed[:, :n_before, lo : lo + act.shape[2]]
-                change = torch.einsum("bpsd,bsh->bphd", delta[:, :, :n_before], r)
-                return act - torch.einsum("bphd,hde->bphe", change.to(w.device, w.dtype), w).to(act.device, act.dtype)
-
-            return hook
-
-        hooks.append(("blocks.0.hook_resid_pre", lambda act, hook: put(0, 1, act[:, :, None])))
-        s, r = 1, 0  # running sender / receiver offsets in graph order
-        for layer in range(c.n_layers):
-            attn = model.bridge.blocks[layer].attn
-            offsets = {"q": r, "k": r + c.n_heads, "v": r + c.n_heads + c.n_kv_heads}
-            for kind, lo in offsets.items():
-                if self.split:
-                    hooks.append((f"blocks.{layer}.hook_{kind}_input", patch_heads(lo, s)))
-                else:
-                    w = getattr(attn, f"W_{kind.upper()}")  # (head, d_model, d_head)
-                    hooks.append((f"blocks.{layer}.attn.hook_{kind}", patch_projected(lo, s, w)))
-            w_o = attn.W_O  # (head, d_head, d_model)
-
-            def heads_out(act: torch.Tensor, hook: Any, lo: int = s, w_o: Any = w_o) -> None:
-                put(lo, lo + c.n_heads, torch.einsum("bphd,hdm->bphm", act.to(w_o.device, w_o.dtype), w_o))
-
-            hooks.append((f"blocks.{layer}.attn.hook_z", heads_out))
-            r += c.n_heads + 2 * c.n_kv_heads
-            s += c.n_heads
-            if mlp:
-                hooks.append((f"blocks.{layer}.hook_mlp_in", patch_one(r, s)))
-                hooks.append((f"blocks.{layer}.hook_mlp_out", lambda act, hook, lo=s: put(lo, lo + 1, act[:, :, None])))
-                r += 1
-                s += 1
-        hooks.append((final_hook(model), patch_one(r, s)))
+        for g in graph.receiver_groups:
+            hooks.append((g.kind.hook(model, g.layer, self.mode), patch_receivers(g)))
+        for g in graph.sender_groups:
+            hooks.append((g.kind.hook(g.layer), capture_senders(g)))
         return hooks
 
 
@@ -249,4 +219,9 @@ def run_with_edges(
     >>> run_with_edges(model, task, [Circuit.full(model), Circuit(model, [])]).shape
     torch.Size([2, 4])
     """
-    return EdgeRunner(model, task, ablation, metric=metric, seed=seed)(edge_masks, batch_size)
+    from interpkit.circuits._circuit import Circuit
+
+    graph = edge_masks.graph if isinstance(edge_masks, Circuit) else None
+    if isinstance(edge_masks, Sequence) and edge_masks and isinstance(edge_masks[0], Circuit):
+        graph = edge_masks[0].graph
+    return EdgeRunner(model, task, ablation, metric=metric, seed=seed, graph=graph)(edge_masks, batch_size)

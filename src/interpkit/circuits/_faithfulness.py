@@ -34,16 +34,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution.graph import build_graph
 from interpkit.circuits._circuit import Circuit, prune_mask
-from interpkit.circuits._discover import score_matrix, top_n_mask
+from interpkit.circuits._discover import graph_of, score_matrix, top_n_mask
 from interpkit.circuits._engine import EdgeRunner, as_masks
 from interpkit.circuits._errors import CircuitError
 from interpkit.results import Result, make_provenance
+from interpkit.runtime import default_ablation
 
 if TYPE_CHECKING:
     import torch
 
+    from interpkit.graph import Graph
     from interpkit.models import Model
     from interpkit.tasks import Task
 
@@ -66,7 +67,7 @@ def _bootstrap(values: torch.Tensor, full: torch.Tensor, empty: torch.Tensor, n_
 
 
 def _evaluate(
-    model: Model, task: Task, masks: torch.Tensor, ablation: str, metric: str | None, seed: int
+    model: Model, task: Task, masks: torch.Tensor, ablation: str, metric: str | None, seed: int, graph: Graph
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, EdgeRunner]:
     """Per-example metric of ``masks``, the full model and the empty circuit (one batch).
 
@@ -75,8 +76,7 @@ def _evaluate(
     """
     import torch
 
-    runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed)
-    graph = runner.graph
+    runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed, graph=graph)
     rows = torch.cat([graph.mask[None], torch.zeros_like(graph.mask)[None], masks.cpu()])
     distinct, inverse = torch.unique(rows.flatten(1), dim=0, return_inverse=True)
     values = runner(distinct.view(-1, *rows.shape[1:])).double().cpu()[inverse]
@@ -89,11 +89,12 @@ def faithfulness(
     model: Model,
     task: Task,
     circuit: Circuit | Sequence[Circuit] | torch.Tensor,
-    ablation: str = "mean",
+    ablation: str | None = None,
     *,
     metric: str | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    graph: Graph | None = None,
 ) -> Result:
     """Normalised faithfulness of one or more circuits, scores ``(circuit,)``; see the module docstring.
 
@@ -106,9 +107,11 @@ def faithfulness(
     """
     import torch
 
-    masks = as_masks(model, circuit)
+    ablation = default_ablation(ablation, "faithfulness", was="mean")
+    graph = graph_of(model, circuit if isinstance(circuit, Circuit) else next(iter(circuit), None), graph)
+    masks = as_masks(model, circuit, graph)
     metric = metric or task.metric
-    values, full, empty, runner = _evaluate(model, task, masks, ablation, metric, seed)
+    values, full, empty, runner = _evaluate(model, task, masks, ablation, metric, seed, graph)
     if float(full.mean() - empty.mean()) == 0.0:
         raise CircuitError(
             f"cannot normalise: the metric {metric!r} is the same ({float(full.mean()):.4g}) with every edge "
@@ -160,11 +163,12 @@ def faithfulness_curve(
     task: Task,
     ranking: Result | Circuit,
     sizes: Sequence[int] | None = None,
-    ablation: str = "mean",
+    ablation: str | None = None,
     *,
     metric: str | None = None,
     prune: bool = True,
     seed: int = 0,
+    graph: Graph | None = None,
 ) -> Result:
     """Faithfulness of the top-k edges (by |score|) for each k in ``sizes``, all as rows of batched forwards.
 
@@ -179,8 +183,9 @@ def faithfulness_curve(
     """
     import torch
 
-    graph = build_graph(model)
-    matrix = score_matrix(model, ranking)
+    ablation = default_ablation(ablation, "faithfulness_curve", was="mean")
+    graph = graph_of(model, ranking, graph)
+    matrix = score_matrix(model, ranking, graph)
     total = graph.n_edges
     if sizes is None:
         sizes = sorted({round(f * total) for f in MIB_FRACTIONS})
@@ -192,7 +197,7 @@ def faithfulness_curve(
     if prune:
         masks = torch.stack([prune_mask(graph, m) for m in masks])
     metric = metric or task.metric
-    values, full, empty, runner = _evaluate(model, task, masks, ablation, metric, seed)
+    values, full, empty, runner = _evaluate(model, task, masks, ablation, metric, seed, graph)
     if float(full.mean() - empty.mean()) == 0.0:
         raise CircuitError(f"cannot normalise: metric {metric!r} is the same with every edge and with none")
     scores = _normalised(values, full, empty)

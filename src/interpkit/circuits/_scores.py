@@ -24,6 +24,7 @@ from interpkit.circuits._engine import EdgeRunner
 from interpkit.results import Result, make_provenance
 
 if TYPE_CHECKING:
+    from interpkit.graph import Graph
     from interpkit.models import Model
     from interpkit.tasks import Task
 
@@ -36,11 +37,12 @@ def edge_removal_scores(
     metric: str | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    graph: Graph | None = None,
 ) -> Result:
     """Metric change when each edge alone is ablated, dims ``("edge",)`` like ``edge_scores``."""
     import torch
 
-    runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed)
+    runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed, graph=graph)
     graph = runner.graph
     pairs = graph.mask.nonzero()  # (n_edges, 2), graph order
     masks = graph.mask[None].repeat(len(pairs), 1, 1)

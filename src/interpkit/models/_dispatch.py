@@ -119,6 +119,7 @@ def record(model: Model, realised: Mapping[str, Any]) -> None:
     model.info["device_map"] = {module: name(device) for module, device in realised.items()}
     model.bridge.cfg.device = str(model.device)
     model.bridge.cfg.n_devices = len(model.devices)
+    model.anatomy.forget_weights()  # the weights moved
 
 
 def dispatch(model: Model, device_map: Any) -> dict[str, torch.device]:

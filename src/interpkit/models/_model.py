@@ -82,6 +82,16 @@ class Model:
         self.prepend_bos = prepend_bos
         self.cfg = self._read_config()
         self._hook_groups = self._fold_hooks()
+        self._anatomy: Any = None
+
+    @property
+    def anatomy(self) -> Any:
+        """The architecture facts engines ask for (:class:`interpkit.models.anatomy.Anatomy`), built once."""
+        if self._anatomy is None:
+            from interpkit.models.anatomy import Anatomy
+
+            self._anatomy = Anatomy(self)
+        return self._anatomy
 
     # ------------------------------------------------------------------ config and hooks
     def _read_config(self) -> ModelConfig:
@@ -316,6 +326,8 @@ class Model:
             self.bridge.cfg.device = str(target)
         if dtype is not None:
             self.bridge.to(resolve_dtype(dtype))
+        if self._anatomy is not None:
+            self._anatomy.forget_weights()
         return self
 
     def __repr__(self) -> str:

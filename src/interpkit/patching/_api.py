@@ -20,28 +20,35 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from interpkit.distributed import combine, join
+from interpkit.errors import PatchingError
 from interpkit.metrics import get as get_metric
-from interpkit.patching._engine import (
-    Batcher,
-    PatchingError,
-    auto_rows,
-    capture,
-    capture_final,
-    forward_final,
-    masked_patch_hook,
-    sweep,
-)
-from interpkit.patching._plan import make_plan, patch_mask
-from interpkit.patching._sources import ablation_source, check_mode
 from interpkit.patching._suffix_patch import suffix_applies, suffix_hooks, suffix_values
 from interpkit.results import Result, make_provenance
+from interpkit.runtime import (
+    Rows,
+    ablation_source,
+    auto_rows,
+    baseline,
+    check_mode,
+    component_mask,
+    default_ablation,
+    grid_rows,
+    make_plan,
+    masked_patch_hook,
+    metric_rows,
+    patch_mask,
+    str_tokens,
+)
 from interpkit.sites import Site, validate
 
 if TYPE_CHECKING:
     import torch
 
     from interpkit.models import Model
+    from interpkit.runtime import Plan
     from interpkit.tasks import Task
+
+_str_tokens = str_tokens  # the name other modules and tests used
 
 
 def _check_nan(values: torch.Tensor, labels: list[str], rows_patch: list[int], rows_example: list[int]) -> None:
@@ -56,115 +63,17 @@ def _check_nan(values: torch.Tensor, labels: list[str], rows_patch: list[int], r
         )
 
 
-def baseline(
-    model: Model, task: Task, metric: str, clean_hooks: Sequence[str] = (), corrupt_hooks: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Clean and corrupt runs: metric values, the clean log-probs KL needs, and any activations asked for.
+def _layer_segment(plan: Plan, layer: int, hook_name: str, source: torch.Tensor, resid: torch.Tensor, n: int) -> Rows:
+    """Every (patch, example) row of the patches at ``layer``: from ``resid`` (entering ``layer``), the patch a mask."""
+    ids = [i for i, pl in enumerate(plan.layer) if pl == layer]
 
-    One forward per run: ``clean_hooks`` / ``corrupt_hooks`` are captured on the way
-    (``"clean_acts"``, ``"corrupt_acts"``: {resolved hook name: activation}). The runs go in
-    batches sized from free memory (halved on out-of-memory) and keep only the answer position's
-    logits, never the full ``(batch, pos, d_vocab)`` tensor.
-    """
-    fn = get_metric(metric)
-    batcher = Batcher(auto_rows(model, task.n_pos))
-    clean_acts, clean_final = capture_final(model, task.clean, clean_hooks, task.answer_pos, batcher)
-    corrupt_acts, corrupt_final = capture_final(model, task.corrupt, corrupt_hooks, task.answer_pos, batcher)
-    clean_lp = clean_final.float().log_softmax(-1)
-    answer, wrong = task.answer.to(clean_final.device), task.wrong.to(clean_final.device)
-    return {
-        "clean": fn(clean_final, answer, wrong, clean_lp),
-        "corrupt": fn(corrupt_final, answer, wrong, clean_lp),
-        "clean_logprobs": clean_lp,
-        "clean_acts": clean_acts,
-        "corrupt_acts": corrupt_acts,
-    }
+    def hooks(a: int, b: int, ex: torch.Tensor) -> list[tuple[str, Any]]:
+        chunk = segment.items[a:b]
+        src = source if source.shape[0] == 1 else source[ex.to(source.device)]  # on its layer's device
+        return [(hook_name, masked_patch_hook(lambda shape, device: patch_mask(plan, chunk, shape, device), src))]
 
-
-def _str_tokens(model: Model, task: Task) -> list[str]:
-    return model.to_str_tokens(task.clean[0]) if model.tokenizer is not None else [str(i) for i in range(task.n_pos)]
-
-
-def _layer_rows(
-    model: Model,
-    plan: Any,
-    task: Task,
-    layer: int,
-    hook_name: str,
-    source: torch.Tensor,
-    resid: torch.Tensor,
-    fn: Any,
-    clean_logprobs: torch.Tensor,
-    values: torch.Tensor,
-    check: Any,
-) -> tuple[int, Any]:
-    """Row count and ``run(start, stop)`` for every (patch, example) row of the patches at ``layer``."""
-    import torch
-
-    n_examples = len(task)
-    patch_ids = [i for i, pl in enumerate(plan.layer) if pl == layer]
-    rows_patch = [p for p in patch_ids for _ in range(n_examples)]
-    rows_example = [b for _ in patch_ids for b in range(n_examples)]
-
-    def run(start: int, stop: int) -> torch.Tensor:
-        ex = torch.tensor(rows_example[start:stop], device=model.device)
-        # captured activations stay on their layer's device; the row indices go to them
-        src = source if source.shape[0] == 1 else source[ex.to(source.device)]
-        chunk = rows_patch[start:stop]
-        hook = masked_patch_hook(lambda shape, device: patch_mask(plan, chunk, shape, device), src)
-        final = forward_final(model, resid[ex.to(resid.device)], layer, task.answer_pos[ex], [(hook_name, hook)])
-        vals = fn(final, task.answer[ex], task.wrong[ex], clean_logprobs[ex])
-        check(vals, chunk, rows_example[start:stop])
-        values[torch.tensor(chunk, device=model.device), ex] = vals.to(values.dtype)
-        return vals
-
-    return len(rows_patch), run
-
-
-def _hook_sweep(
-    model: Model,
-    plan: Any,
-    task: Task,
-    needed_layers: list[int],
-    hook_names: list[str],
-    resid_names: list[str],
-    source_acts: dict[str, torch.Tensor],
-    target_acts: dict[str, torch.Tensor],
-    fn: Any,
-    base: dict[str, Any],
-    values: torch.Tensor,
-    check: Any,
-    batch_size: int | None,
-    group: Any,
-) -> Batcher:
-    """The hook engine: every (patch, example) a row of forwards that start at the patched layer."""
-    import torch
-
-    runs = [
-        _layer_rows(
-            model,
-            plan,
-            task,
-            lay,
-            hook_name,
-            source_acts[hook_name],
-            target_acts[resid_name],
-            fn,
-            base["clean_logprobs"],
-            values,
-            check,
-        )
-        for lay, hook_name, resid_name in zip(needed_layers, hook_names, resid_names, strict=True)
-    ]
-    with torch.inference_mode():
-        return sweep(
-            [n for n, _ in runs],
-            lambda seg, start, stop: runs[seg][1](start, stop),
-            model=model,
-            n_pos=task.n_pos,
-            batch_size=batch_size,
-            group=group,
-        )
+    segment = grid_rows(layer, ids, n, resid, hooks)
+    return segment
 
 
 def patch(
@@ -174,8 +83,8 @@ def patch(
     per_position: bool = False,
     direction: str = "denoise",
     ablation: str | None = None,
-    batch_size: int | None = None,
     *,
+    batch_size: int | None = None,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     pattern_positions: bool = False,
@@ -251,9 +160,13 @@ def patch(
                     group,
                 )
         else:
-            batcher = _hook_sweep(
-                model, plan, task, needed_layers, hook_names, resid_names, source_acts, target_acts, fn, base,
-                values, check, batch_size, group,
+            segments = [
+                _layer_segment(plan, lay, h, source_acts[h], target_acts[r], n_examples)
+                for lay, h, r in zip(needed_layers, hook_names, resid_names, strict=True)
+            ]
+            batcher = metric_rows(
+                model, task, segments, values, metric=metric, clean_logprobs=base["clean_logprobs"], check=check,
+                batch_size=batch_size, group=group,
             )  # fmt: skip
         values = combine(group, values)
     finally:
@@ -285,26 +198,11 @@ def patch(
     )
 
 
-def _component_mask(site: Site, shape: torch.Size, group_size: int, device: Any) -> torch.Tensor:
-    import torch
-
-    axis = site.head_axis()
-    if axis is None:
-        return torch.ones((1,) * len(shape), dtype=torch.bool, device=device)
-    mask_shape = [1] * len(shape)
-    mask_shape[axis] = shape[axis]
-    mask = torch.zeros(mask_shape, dtype=torch.bool, device=device)
-    index = [slice(None)] * len(shape)
-    index[axis] = site.hook_index(group_size)
-    mask[tuple(index)] = True
-    return mask
-
-
 def ablate(
     model: Model,
     task: Task,
     components: Sequence[str | Site],
-    ablation: str = "mean",
+    ablation: str | None = None,
     *,
     metric: str | None = None,
     seed: int = 0,
@@ -320,45 +218,48 @@ def ablate(
     """
     import torch
 
+    ablation = default_ablation(ablation, "ablate", was="mean")
     check_mode("denoise", ablation)
     metric = metric or task.metric
-    fn = get_metric(metric)
+    get_metric(metric)
     task = task.to(model.device)
     sites = [validate(c, model) for c in components]
     by_hook: dict[str, list[Site]] = {}
     for s in sites:
         by_hook.setdefault(model.resolve_hook(s.hook), []).append(s)
-    base = baseline(model, task, metric)
-    clean_acts, _ = capture(model, task.clean, list(by_hook))
-    corrupt_acts, _ = (
-        capture(model, task.corrupt, list(by_hook)) if ablation in ("mean", "counterfactual") else (clean_acts, None)
-    )
+    # the ablated rows start at the first ablated layer, from the clean run's residual stream there
+    layers = [s.layer for s in sites]
+    first = min(layers) if layers and all(isinstance(lay, int) and lay >= 0 for lay in layers) else None
+    start_name = None if first is None else model.resolve_hook(f"blocks.{first}.hook_resid_pre")
+    clean_hooks = [*by_hook, *([start_name] if start_name else [])]
+    corrupt_hooks = list(by_hook) if ablation in ("mean", "counterfactual") else []
+    base = baseline(model, task, metric, clean_hooks, corrupt_hooks)
+    clean_acts, corrupt_acts = base["clean_acts"], base["corrupt_acts"] or base["clean_acts"]
     masks, sources = {}, {}
     for hook_name, members in by_hook.items():
         act = clean_acts[hook_name]  # on the device its hook fires on, like the mask built here
         mask = torch.zeros((1,) * act.ndim, dtype=torch.bool, device=act.device)
         for s in members:
-            mask = mask | _component_mask(s, act.shape, model.cfg.group_size, act.device)
+            mask = mask | component_mask(s, act.shape, model.cfg.group_size, act.device)
         masks[hook_name] = mask
         sources[hook_name] = ablation_source(
             ablation, act, corrupt_acts[hook_name], task, seed, pattern=members[0].kind == "pattern"
         )
-    group = join(model, distributed, error=PatchingError)
-    values = torch.zeros(len(task), device=model.device)
 
-    def run(_: int, start: int, stop: int) -> None:
-        patches = [
-            (h, masked_patch_hook(lambda shape, device, m=masks[h]: m, src if src.shape[0] == 1 else src[start:stop]))
+    def hooks(a: int, b: int, ex: torch.Tensor) -> list[tuple[str, Any]]:
+        return [
+            (h, masked_patch_hook(lambda shape, device, m=masks[h]: m, src if src.shape[0] == 1 else src[a:b]))
             for h, src in sources.items()
         ]
-        final = forward_final(model, task.clean[start:stop], None, task.answer_pos[start:stop], patches)
-        vals = fn(final, task.answer[start:stop], task.wrong[start:stop], base["clean_logprobs"][start:stop])
-        values[start:stop] = vals.to(values.dtype)
 
+    start = task.clean if start_name is None else clean_acts[start_name]
+    group = join(model, distributed, error=PatchingError)
+    values = torch.zeros(1, len(task), device=model.device)
     try:
-        with torch.inference_mode():
-            sweep(len(task), run, model=model, n_pos=task.n_pos, batch_size=batch_size, group=group)
-            values = combine(group, values)
+        rows = Rows(first, [0] * len(task), range(len(task)), start, hooks)
+        metric_rows(model, task, [rows], values, metric=metric, clean_logprobs=base["clean_logprobs"],
+                    batch_size=batch_size, group=group)  # fmt: skip
+        values = combine(group, values)
     finally:
         group.close()
-    return values.cpu()
+    return values[0].cpu()

@@ -20,7 +20,7 @@ input from an earlier layer only, and an MLP's input also from its own layer's a
 writes ``resid_mid`` before the MLP reads it), except in a model with parallel attention and MLP
 (``model.cfg.parallel_attn_mlp``: GPT-NeoX, GPT-J), whose MLP reads the block's input. Senders
 with no path to any receiver score the base value. Directions follow ``ik.patch``: "noise" =
-base clean, source corrupt; "denoise" = base corrupt, source clean.
+base clean, source corrupt; "denoise" (the default) = base corrupt, source clean.
 """
 
 from __future__ import annotations
@@ -29,20 +29,22 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from interpkit.distributed import combine, join
-from interpkit.errors import SiteError
+from interpkit.errors import PatchingError, SiteError
 from interpkit.metrics import get as get_metric
-from interpkit.patching._engine import (
-    PatchingError,
-    _StopForward,
-    _tail,
+from interpkit.models.anatomy import tail
+from interpkit.results import Result, make_provenance
+from interpkit.runtime import (
+    baseline,
     capture,
+    capture_from,
+    check_mode,
+    component_mask,
+    default_direction,
     final_hook,
     forward_final,
     masked_patch_hook,
     sweep,
 )
-from interpkit.patching._sources import check_mode
-from interpkit.results import Result, make_provenance
 from interpkit.sites import Site, all_sites, validate
 
 if TYPE_CHECKING:
@@ -135,9 +137,9 @@ def path_patch(
     task: Task,
     receivers: Sequence[str],
     senders: str | Sequence[str] = "heads",
-    direction: str = "noise",
-    batch_size: int | None = None,
+    direction: str | None = None,
     *,
+    batch_size: int | None = None,
     metric: str | None = None,
     seed: int = 0,
     distributed: bool | None = None,
@@ -151,7 +153,14 @@ def path_patch(
     """
     import torch
 
+    direction = default_direction(direction, "path_patch", was="noise")
     check_mode(direction, None)
+    if model.anatomy.post_norms:
+        raise PatchingError(
+            f"path patching adds each sender's output change to its receivers' inputs, but {model.name} normalises "
+            "attention and MLP outputs before adding them to the residual stream (Gemma 2, OLMo2), so a sender's "
+            "change there is not its own output change; use ik.patch (activation patching) instead"
+        )
     metric = metric or task.metric
     fn = get_metric(metric)
     task = task.to(model.device)
@@ -172,8 +181,6 @@ def path_patch(
     base_names.add(model.resolve_hook(final_hook(model)))
     base_acts, _ = capture(model, base_tokens, sorted(base_names))
     source_acts, _ = capture(model, source_tokens, sorted(sender_hooks))
-    from interpkit.patching._api import baseline
-
     ref = baseline(model, task, metric)
     base_value = ref["clean"] if direction == "noise" else ref["corrupt"]
     n_ex = len(task)
@@ -195,7 +202,7 @@ def path_patch(
             pos = task.answer_pos[ex]
             delta = deltas[torch.arange(len(chunk), device=deltas.device), pos]
             resid = last[ex.to(last.device), pos.to(last.device)] + delta.to(last.device)
-            final = _tail(model, resid)
+            final = tail(model.bridge, resid).to(model.device)
         else:
             patches = _receiver_values(model, receiver_sites, base_acts, deltas, layer_of, attention, ex)
             start_layer = min(recv_layers)
@@ -254,7 +261,6 @@ def _receiver_values(
 
     ``sender_layer`` and ``attention`` (whether the sender is a head or an attention output) per row.
     """
-    import torch
 
     parallel = model.cfg.parallel_attn_mlp
     patches: list[tuple[str, Any]] = []
@@ -265,44 +271,22 @@ def _receiver_values(
         # ... and this layer's attention also reaches a sequential block's MLP, through resid_mid.
         to_mlp = (sender_layer < layer) | ((sender_layer == layer) & attention)
         mid_delta = deltas * to_mlp.to(deltas.dtype)[:, None, None]
-        wanted = {model.resolve_hook(r.hook) for r in group}
-        kept: dict[str, torch.Tensor] = {}
-
-        def keep(act: torch.Tensor, hook: Any, wanted: set[str] = wanted, kept: dict = kept) -> None:
-            kept[hook.name] = act.detach().clone()
-            if wanted <= set(kept):
-                raise _StopForward
-
-        fwd = [(n, keep) for n in sorted(wanted)]
+        wanted = sorted({model.resolve_hook(r.hook) for r in group})
+        fwd: list[tuple[str, Any]] = []
         pre = base_acts[model.resolve_hook(f"blocks.{layer}.hook_resid_pre")]
         start = pre[ex.to(pre.device)]
         if any(r.kind == "mlp_out" for r in group) and not parallel:
             mid_name = model.resolve_hook(f"blocks.{layer}.hook_resid_mid")
             mid = base_acts[mid_name]
             frozen_mid = mid[ex.to(mid.device)] + mid_delta.to(mid.device)
-            fwd.insert(0, (mid_name, lambda act, hook, v=frozen_mid: v.to(act.device)))
+            fwd.append((mid_name, lambda act, hook, v=frozen_mid: v.to(act.device)))
         if parallel or any(r.kind != "mlp_out" for r in group):
             start = start + delta.to(start.device)
-        try:
-            from interpkit.hooks import hooks
-
-            with hooks(model, fwd=fwd):
-                model.bridge(start, start_at_layer=layer)
-        except _StopForward:
-            pass
+        kept = capture_from(model, start, layer, wanted, fwd)
         for r in group:
             name = model.resolve_hook(r.hook)
             value = kept[name]
-            axis = r.head_axis()
-            if axis is None:
-                mask = torch.ones((1,) * value.ndim, dtype=torch.bool, device=value.device)
-            else:
-                shape = [1] * value.ndim
-                shape[axis] = value.shape[axis]
-                mask = torch.zeros(shape, dtype=torch.bool, device=value.device)
-                index = [slice(None)] * value.ndim
-                index[axis] = r.hook_index(model.cfg.group_size)
-                mask[tuple(index)] = True
+            mask = component_mask(r, value.shape, model.cfg.group_size, value.device)
             patches.append((name, masked_patch_hook(lambda s, d, m=mask: m, value)))
     return _merge_same_hook(patches)
 

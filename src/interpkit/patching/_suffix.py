@@ -24,17 +24,10 @@ silently wrong.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any
 
-from interpkit.patching._suffix_parts import (
-    SuffixUnsupported,
-    _act,
-    _flat_bias,
-    _Layer,
-    _norm,
-    unsupported_reason,
-)
+from interpkit.models.anatomy import AnatomyError, activation
+from interpkit.patching._suffix_parts import SuffixUnsupported, _Layer, read_layer, unsupported_reason
 
 if TYPE_CHECKING:
     import torch
@@ -83,55 +76,19 @@ class SuffixRunner:
         if reason is not None:
             raise SuffixUnsupported(reason)
         self.model = model
-        b, c = model.bridge, model.cfg
+        an, c = model.anatomy, model.cfg
         self.n_heads, self.n_kv, self.d_head = c.n_heads, c.n_kv_heads, c.d_head
         self.attn_only = c.attn_only
-        bc = b.cfg
-        norm, eps = bc.normalization_type, float(bc.eps)
-        self.act = _act(str(bc.act_fn)) if not c.attn_only else None
-        self.gated = bool(getattr(bc, "gated_mlp", False))
-        dev, dt = model.device, model.dtype
-        self.layers: list[_Layer] = []
-        scales = set()
+        self.act = None if c.attn_only else activation(an.act_name)
         with torch.inference_mode():
-            for blk in b.blocks:
-                a = blk.attn
-                w = [a.W_Q, a.W_K, a.W_V]
-                w_qkv = torch.cat([x.detach().permute(1, 0, 2).reshape(c.d_model, -1) for x in w], dim=1)
-                biases = [a.b_Q, a.b_K, a.b_V]
-                b_qkv = None
-                if any(x is not None for x in biases):
-                    heads = (self.n_heads, self.n_kv, self.n_kv)
-                    b_qkv = torch.cat([_flat_bias(x, n, c.d_head, dev, dt) for x, n in zip(biases, heads, strict=True)])
-                mlp = None if c.attn_only else blk.mlp
-                gate = getattr(mlp, "W_gate", None) if self.gated else None
-                if self.gated and gate is None:
-                    raise SuffixUnsupported("gated MLP without W_gate")
-                self.layers.append(
-                    _Layer(
-                        ln1=_norm(getattr(blk, "ln1", None), norm, eps),
-                        ln2=None if c.attn_only else _norm(getattr(blk, "ln2", None), norm, eps),
-                        w_qkv=w_qkv.contiguous(),
-                        b_qkv=b_qkv,
-                        w_o=a.W_O.detach().reshape(-1, c.d_model),
-                        b_o=None if a.b_O is None else a.b_O.detach(),
-                        w_in=None if mlp is None else mlp.W_in.detach(),
-                        w_gate=None if gate is None else gate.detach(),
-                        b_in=None if mlp is None or mlp.b_in is None else mlp.b_in.detach(),
-                        w_out=None if mlp is None else mlp.W_out.detach(),
-                        b_out=None if mlp is None or mlp.b_out is None else mlp.b_out.detach(),
-                    )
-                )
-                scales.add(getattr(getattr(a, "_original_component", None), "scaling", None))
-            self.ln_final = _norm(b.ln_final, norm, eps)
-            self.w_u = b.W_U.detach()  # (d_model, d_vocab)
-            self.b_u = None if b.b_U is None else b.b_U.detach()
-        scale = scales.pop() if len(scales) == 1 else None
-        if scale is None:
-            uses = getattr(bc, "use_attn_scale", True)
-            scale = 1.0 if not uses else 1.0 / (bc.attn_scale if bc.attn_scale > 0 else math.sqrt(c.d_head))
-        self.scale = float(scale)
-        self.rotary = c.positional == "rotary"
+            try:
+                self.layers: list[_Layer] = [read_layer(model, lay) for lay in range(c.n_layers)]
+                self.ln_final = an.final_norm.apply
+                self.w_u, self.b_u = an.unembed  # (d_model, d_vocab), (d_vocab,)
+            except AnatomyError as exc:
+                raise SuffixUnsupported(str(exc)) from None
+        self.scale = an.attn_scale
+        self.rotary = an.rotary
 
     # ------------------------------------------------------------------ verdict
     @classmethod
@@ -143,15 +100,14 @@ class SuffixRunner:
         """
         if len(model.devices) > 1:
             return False
-        cached = getattr(model, "_interpkit_suffix_exact", None)
-        if cached is not None:
-            return cached
-        try:
-            ok = cls(model)._probe()
-        except SuffixUnsupported:
-            ok = False
-        model._interpkit_suffix_exact = ok
-        return ok
+
+        def probe() -> bool:
+            try:
+                return cls(model)._probe()
+            except SuffixUnsupported:
+                return False
+
+        return model.anatomy.verdict("suffix", probe)
 
     def _probe(self) -> bool:
         import torch
@@ -188,17 +144,13 @@ class SuffixRunner:
         return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
 
     def _cos_sin(self, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        import torch
-
-        if not self.rotary:
+        pair = self.model.anatomy.rotary_cos_sin(n)
+        if pair is None:
             return None, None
-        emb = self.model.bridge.rotary_emb
-        emb = getattr(emb, "_original_component", emb)
-        dummy = torch.zeros(1, n, self.d_head, device=self.model.device, dtype=self.model.dtype)
-        cos, sin = emb(dummy, torch.arange(n, device=self.model.device)[None])
+        cos, sin = pair
         if cos.shape[-1] > self.d_head or cos.shape[-1] % 2:
             raise SuffixUnsupported(f"rotary width {cos.shape[-1]} with d_head {self.d_head}")
-        return cos[0], sin[0]
+        return cos, sin
 
     def _qkv(self, lay: _Layer, x: torch.Tensor, cos: Any, sin: Any) -> tuple[torch.Tensor, ...]:
         """Queries (rows, pos, head, d_head), rotated keys and values (rows, pos, kv_head, d_head)."""
@@ -206,8 +158,8 @@ class SuffixRunner:
         if lay.b_qkv is not None:
             h = h + lay.b_qkv
         hq, hk = self.n_heads * self.d_head, self.n_kv * self.d_head
-        q = h[..., :hq].unflatten(-1, (self.n_heads, self.d_head))
-        k = h[..., hq : hq + hk].unflatten(-1, (self.n_kv, self.d_head))
+        q = _qk_normed(lay.q_norm, h[..., :hq], self.n_heads, self.d_head)
+        k = _qk_normed(lay.k_norm, h[..., hq : hq + hk], self.n_kv, self.d_head)
         v = h[..., hq + hk :].unflatten(-1, (self.n_kv, self.d_head))
         if cos is not None:
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
@@ -239,9 +191,17 @@ class SuffixRunner:
         return out + lay.b_out if lay.b_out is not None else out
 
     def attn_out(self, lay: _Layer, z: torch.Tensor) -> torch.Tensor:
-        """The attention output (..., d_model) of ``z`` (..., head, d_head)."""
+        """The attention output (..., d_model) of ``z`` (..., head, d_head), as ``hook_attn_out`` sees it."""
         out = z.flatten(-2) @ lay.w_o
         return out + lay.b_o if lay.b_o is not None else out
+
+    def attn_write(self, lay: _Layer, out: torch.Tensor) -> torch.Tensor:
+        """What an attention output adds to the residual stream (through the post-attention norm, if any)."""
+        return out if lay.post_attn is None else lay.post_attn(out)
+
+    def mlp_write(self, lay: _Layer, out: torch.Tensor) -> torch.Tensor:
+        """What an MLP output adds to the residual stream (through the post-MLP norm, if any)."""
+        return out if lay.post_mlp is None else lay.post_mlp(out)
 
     def unembed(self, resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Final norm and unembedding of ``resid`` (rows, d_model); only ``columns`` (rows, k) if given."""
@@ -253,8 +213,11 @@ class SuffixRunner:
         return out + self.b_u[columns] if self.b_u is not None else out
 
     def mlp_out(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
-        """The MLP output of ``layer`` for ``resid_mid`` (..., d_model); zeros when attention-only."""
-        return resid_mid * 0 if self.attn_only else self._mlp(self.layers[layer], resid_mid)
+        """What the MLP of ``layer`` adds to the residual stream for ``resid_mid`` (..., d_model); zeros when attention-only."""
+        if self.attn_only:
+            return resid_mid * 0
+        lay = self.layers[layer]
+        return self.mlp_write(lay, self._mlp(lay, resid_mid))
 
     # ------------------------------------------------------------------ the two entry points
     def capture(
@@ -267,7 +230,7 @@ class SuffixRunner:
         """
         import torch
 
-        from interpkit.patching._engine import capture
+        from interpkit.runtime import capture
 
         m = self.model
         n = int(answer_pos.max()) + 1
@@ -281,7 +244,7 @@ class SuffixRunner:
             for lay, x in zip(self.layers, resid_pre, strict=False):
                 q, k, v = self._qkv(lay, x, cos, sin)
                 z = self._attend(q, k, v, 0)
-                mids.append(x + self.attn_out(lay, z))
+                mids.append(x + self.attn_write(lay, self.attn_out(lay, z)))
                 zs.append(z)
                 ks.append(k)
                 vs.append(v)
@@ -319,11 +282,21 @@ class SuffixRunner:
                     if p:
                         k = torch.cat([base.k[li][ex, :p], k], dim=1)
                         v = torch.cat([base.v[li][ex, :p], v], dim=1)
-                    x = x + self.attn_out(lay, self._attend(q, k, v, p))
+                    x = x + self.attn_write(lay, self.attn_out(lay, self._attend(q, k, v, p)))
                 if not self.attn_only:
-                    x = x + self._mlp(lay, x)
+                    x = x + self.mlp_write(lay, self._mlp(lay, x))
             at = base.answer_pos[ex]
             rows = torch.arange(len(ex), device=x.device)
             final = x[rows, (at - p).clamp(0, x.shape[1] - 1)]
             final = torch.where((at < p)[:, None], base.resid_pre[-1][ex, at], final)
             return self.unembed(final, columns)
+
+
+def _qk_normed(norm: Any, h: torch.Tensor, n: int, d_head: int) -> torch.Tensor:
+    """Queries or keys (..., n, d_head) from their projection (..., n d_head), through the model's
+    query/key norm if it has one: per head (Qwen3) or over all heads at once (OLMo2)."""
+    if norm is None:
+        return h.unflatten(-1, (n, d_head))
+    if norm.weight.numel() == d_head:
+        return norm(h.unflatten(-1, (n, d_head)))
+    return norm(h).unflatten(-1, (n, d_head))

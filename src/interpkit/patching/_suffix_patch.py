@@ -19,15 +19,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from interpkit.patching._engine import Batcher, sweep
 from interpkit.patching._suffix import SUFFIX_SITES, BaseRun, SuffixRunner, SuffixUnsupported, base_hooks
+from interpkit.runtime import Batcher, sweep
 
 if TYPE_CHECKING:
     import torch
 
     from interpkit.distributed import Group
     from interpkit.models import Model
-    from interpkit.patching._plan import Plan
+    from interpkit.runtime import Plan
     from interpkit.tasks import Task
 
 _SITE_OF_KIND = {"z": "head_out", **{s: s for s in SUFFIX_SITES if s != "head_out"}}
@@ -145,6 +145,7 @@ def suffix_sweep(
     cols = None if columns is None else columns.to(dev)[ex]
     source = source.to(dev).expand(batch, *source.shape[1:])
     lay = runner.layers[layer]
+    writes = runner.model.anatomy.hook_writes  # is hook_attn_out / hook_mlp_out the residual write itself?
     start = layer if site == "resid_pre" else layer + 1  # the first block the patched stream enters
     out: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
@@ -158,18 +159,19 @@ def suffix_sweep(
             if site in ("resid_pre", "resid_post"):
                 patched[p] = src
             elif site == "mlp_out":
-                patched[p] = base.resid_mid[layer][ex, p] + src
+                write = src if writes["mlp_out"] else runner.mlp_write(lay, src)
+                patched[p] = base.resid_mid[layer][ex, p] + write
             elif site == "resid_mid":
                 # The bridge's hook_resid_mid is ln2.hook_in: a patch there feeds the MLP only,
                 # the residual connection keeps the base value (as a hooked run does).
                 patched[p] = base.resid_mid[layer][ex, p] + runner.mlp_out(layer, src)
             else:
                 if site == "attn_out":
-                    mid = base.resid_pre[layer][ex, p] + src
+                    mid = base.resid_pre[layer][ex, p] + (src if writes["attn_out"] else runner.attn_write(lay, src))
                 else:  # head_out: row (h, b) takes head h of z from the source
                     own = (head[:, None] == torch.arange(heads, device=dev)[None])[..., None]
                     z = torch.where(own, src, base.z[layer][ex, p])
-                    mid = base.resid_pre[layer][ex, p] + runner.attn_out(lay, z)
+                    mid = base.resid_pre[layer][ex, p] + runner.attn_write(lay, runner.attn_out(lay, z))
                 patched[p] = mid + runner.mlp_out(layer, mid)
         for bucket in _buckets(sorted(patched), n, len(ex), runner.model.cfg.d_model):
             # One suffix run from the bucket's first position p0 for all its patches: row (p, h, b) is

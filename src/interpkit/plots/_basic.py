@@ -212,20 +212,12 @@ def fold_to_2d(result: Result) -> Result:
     )
 
 
-def figure_for(result: Result, **kwargs: Any) -> Any:
-    """The default figure of a result: heatmap for 2-D (3-D folded to 2-D), bars for 1-D.
-
-    Probe results ``(site, metric, stat)`` get the probe accuracy line with its error band, and
-    faithfulness curves their line over circuit sizes.
-    """
+def default_figure(result: Result, **kwargs: Any) -> Any:
+    """The default figure of a result: heatmap for 2-D (3-D folded to 2-D), bars for 1-D."""
     if result.kind == "probe" and result.dims == ("site", "metric", "stat"):
         from interpkit.plots._lines import probe_accuracy
 
         return probe_accuracy(result, **kwargs)
-    if result.kind == "faithfulness_curve":
-        from interpkit.circuits import curve_figure
-
-        return curve_figure(result)
     if result.scores.ndim >= 3:
         return heatmap(fold_to_2d(result), **kwargs)
     if result.scores.ndim == 2:

@@ -11,6 +11,14 @@ See the module docstrings of ``_dataset`` (data), ``_fit`` (methods), ``_control
 ``_causal`` and ``_das`` (interventions) for the methods and their references.
 """
 
+from interpkit.plots import accuracy_by_layer as accuracy_by_layer
+from interpkit.plots import das_figure as das_figure
+from interpkit.plots import inlp_figure as inlp_figure
+from interpkit.plots import learning_curve_figure as learning_curve_figure
+from interpkit.plots import pca_figure as pca_figure
+from interpkit.plots import removal_figure as removal_figure
+from interpkit.plots import selectivity_figure as selectivity_figure
+from interpkit.plots import steering_figure as steering_figure
 from interpkit.probing._causal import inlp as inlp
 from interpkit.probing._causal import remove as remove
 from interpkit.probing._causal import steer as steer
@@ -29,15 +37,7 @@ from interpkit.probing._dataset import recollect as recollect
 from interpkit.probing._errors import ProbeError as ProbeError
 from interpkit.probing._fit import METHODS as METHODS
 from interpkit.probing._intervene import dataset_task as dataset_task
-from interpkit.probing._plots import accuracy_by_layer as accuracy_by_layer
-from interpkit.probing._plots import das_figure as das_figure
-from interpkit.probing._plots import inlp_figure as inlp_figure
-from interpkit.probing._plots import learning_curve_figure as learning_curve_figure
-from interpkit.probing._plots import pca as pca
-from interpkit.probing._plots import pca_figure as pca_figure
-from interpkit.probing._plots import removal_figure as removal_figure
-from interpkit.probing._plots import selectivity_figure as selectivity_figure
-from interpkit.probing._plots import steering_figure as steering_figure
+from interpkit.probing._pca import pca as pca
 from interpkit.probing._positions import strip_marks as strip_marks
 from interpkit.probing._probes import Probes as Probes
 from interpkit.probing._probes import fit_probes as fit_probes

@@ -20,7 +20,6 @@ splits the direction into its components in the rowspace and nullspace of the fo
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from interpkit.errors import SiteError
@@ -37,17 +36,6 @@ if TYPE_CHECKING:
     from interpkit.tasks import Task
 
 
-def _norm_weight(module: Any) -> torch.Tensor | None:
-    """A norm's elementwise gain (Gemma's is ``1 + weight``), or None for a weightless norm."""
-    from interpkit.cache._weights import norm_affine
-
-    inner = getattr(module, "_original_component", module)
-    weight = getattr(inner, "weight", None)
-    if weight is None or weight.ndim != 1 or not callable(inner):
-        return None
-    return norm_affine(inner)[0].detach().float()
-
-
 def following_weights(model: Model, site: str) -> torch.Tensor:
     """The matrix ``M (d_out, d_site)`` of the weights that read ``site`` next, norm scales folded in.
 
@@ -62,12 +50,12 @@ def following_weights(model: Model, site: str) -> torch.Tensor:
     from interpkit.probing._collect import resolve_sites
 
     spec = resolve_sites(model, [site])[0]
-    b, c = model.bridge, model.cfg
+    an, c = model.anatomy, model.cfg
     layer = spec.layer
     if spec.head_axis is not None and spec.hook.endswith("attn.hook_z"):
-        return b.W_O[layer, spec.head].detach().float().T
+        return an.attn(layer).W_O[spec.head].float().T
     if spec.hook.endswith("mlp.hook_post"):
-        return b.W_out[layer].detach().float().T
+        return an.mlp(layer).W_out.float().T
     kinds = {"hook_resid_pre": ("pre", layer), "hook_resid_post": ("pre", layer + 1), "hook_resid_mid": ("mid", layer)}
     kind = next((v for k, v in kinds.items() if spec.hook.endswith(k)), None)
     if kind is None:
@@ -76,28 +64,22 @@ def following_weights(model: Model, site: str) -> torch.Tensor:
             "(L3H5), MLP hidden units (blocks.L.mlp.hook_post) and residual sites (resid_pre/mid/post)"
         )
     which, reader = kind
-    blocks = []
+    blocks = []  # (weights that read the site, the norm they read it through)
     if reader >= c.n_layers:
-        scale = _norm_weight(b.ln_final) if hasattr(b, "ln_final") else None
-        blocks.append((b.W_U.detach().float().T, scale))
+        blocks.append((an.unembed[0].float().T, an.final_norm))
     else:
-        block = b.blocks[reader]
         if which == "pre":
-            qkv = [getattr(b, n)[reader].detach().float() for n in ("W_Q", "W_K", "W_V")]
-            m = torch.cat([w.permute(0, 2, 1).reshape(-1, c.d_model) for w in qkv])
-            blocks.append((m, _norm_weight(block.ln1)))
+            a = an.attn(reader)
+            m = torch.cat([w.float().permute(0, 2, 1).reshape(-1, c.d_model) for w in (a.W_Q, a.W_K, a.W_V)])
+            blocks.append((m, an.ln1(reader)))
         if not c.attn_only:
-            mlp = [b.W_in[reader].detach().float().T]
-            with contextlib.suppress(AttributeError, KeyError, TypeError, IndexError, NotImplementedError):
-                mlp.append(b.W_gate[reader].detach().float().T)  # gated MLPs read the residual twice
-            # the MLP's norm: ln2, or in a parallel block without one (Phi) the shared ln1
-            ln_mlp = getattr(block, "ln2", None)
-            ln_mlp = block.ln1 if ln_mlp is None and c.parallel_attn_mlp else ln_mlp
-            blocks.append((torch.cat(mlp), _norm_weight(ln_mlp) if ln_mlp is not None else None))
+            mlp = an.mlp(reader)  # gated MLPs read the residual twice; the norm is ln2 or a shared ln1 (Phi)
+            reads = [mlp.W_in.float().T, *([mlp.W_gate.float().T] if mlp.gated else [])]
+            blocks.append((torch.cat(reads), an.ln2(reader)))
     rows = []
-    for m, scale in blocks:
-        m = m * scale[None, :].to(m.device) if scale is not None else m
-        if c.normalization == "LN":
+    for m, norm in blocks:
+        m = m * norm.gain.float()[None, :].to(m.device) if norm.gain is not None else m
+        if norm.present and norm.centre:
             m = m - m.mean(1, keepdim=True)  # LayerNorm removes the mean: the all-ones direction is never read
         rows.append(m)
     return torch.cat(rows)

@@ -78,7 +78,7 @@ def run_items(
     items: Sequence[tuple[int, int]],
     edits: Sequence[Edit | None],
     positions: Sequence[Sequence[int]],
-    batch_size: int = 32,
+    batch_size: int | None = None,
     metric: str | None = None,
     read: SiteSpec | None = None,
     read_positions: Sequence[Sequence[int]] | None = None,
@@ -89,20 +89,22 @@ def run_items(
 
     ``read`` vectors come back ``(rows, d)``: for each item in order, one row per read position.
     ``targets = (answer, wrong)`` (one token each per item) replace the task's answer and wrong
-    tokens. With ``grad`` the passes keep the autograd graph (the caller backpropagates).
+    tokens. With ``grad`` the passes keep the autograd graph (the caller backpropagates). Items run
+    in chunks of ``batch_size`` (default from free memory), halved on out-of-memory; only each
+    item's answer position is unembedded (:func:`interpkit.runtime.forward_final`).
     """
     import contextlib
 
     import torch
 
-    from interpkit.hooks import hooks
-    from interpkit.metrics import final_logits, get
+    from interpkit.metrics import get
+    from interpkit.runtime import Batcher, auto_rows, check_batch_size, forward_final
 
     fn_metric = get(metric or task.metric)
-    unembed = _unembedding(model)
-    values, reads = [], []
-    for lo in range(0, len(items), batch_size):
-        chunk = list(items[lo : lo + batch_size])
+    rows = check_batch_size(batch_size) or max(1, auto_rows(model, task.n_pos) // (4 if grad else 1))
+
+    def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        chunk = list(items[lo:hi])
         ex = torch.tensor([e for e, _ in chunk], device=task.clean.device)
         width = int(task.attention_mask[ex].sum(1).max())
         tokens, mask = task.clean[ex, :width], task.attention_mask[ex, :width]
@@ -113,73 +115,22 @@ def run_items(
             b = torch.tensor([j for j, (e, _) in enumerate(chunk) for _ in rp[e]], device=tokens.device)
             p = torch.tensor([q for e, _ in chunk for q in rp[e]], device=tokens.device)
 
-            def reader(
-                act: torch.Tensor, hook: Any, b: torch.Tensor = b, p: torch.Tensor = p, kept: dict = kept
-            ) -> None:
+            def reader(act: torch.Tensor, hook: Any) -> None:
                 kept["x"] = read.read(act)[b.to(act.device), p.to(act.device)].float().to(b.device)
 
             fwd.append((read.hook, reader))
-        answer_pos = task.answer_pos[ex]
-
-        def final_in(act: torch.Tensor, hook: Any, kept: dict = kept, answer_pos: torch.Tensor = answer_pos) -> None:
-            kept["final"] = act[torch.arange(act.shape[0], device=act.device), answer_pos.to(act.device)]
-            raise _Done  # the unembedding of every position is not needed: only the answer position's
-
-        if unembed is not None:
-            fwd.append(("unembed.hook_in", final_in))
-        ctx = contextlib.nullcontext() if grad else torch.inference_mode()
-        with ctx, hooks(model, fwd=fwd):
-            if unembed is None:
-                final = final_logits(model(tokens, attention_mask=mask), answer_pos)
-            else:
-                with contextlib.suppress(_Done):
-                    model(tokens, attention_mask=mask)
-                final = (kept["final"] @ unembed[0] + unembed[1]).to(tokens.device)
+        with contextlib.nullcontext() if grad else torch.inference_mode():
+            final = forward_final(model, tokens, None, task.answer_pos[ex], fwd, attention_mask=mask)
             if targets is None:
-                values.append(fn_metric(final, task.answer[ex], task.wrong[ex], None))
+                answer, wrong = task.answer[ex], task.wrong[ex]
             else:
-                values.append(
-                    fn_metric(final, targets[0][lo : lo + len(chunk)], targets[1][lo : lo + len(chunk)], None)
-                )
-        if read is not None:
-            reads.append(kept["x"])
-    return torch.cat(values), (torch.cat(reads) if read is not None else None)
+                answer, wrong = targets[0][lo:hi], targets[1][lo:hi]
+            values = fn_metric(final, answer.to(final.device), wrong.to(final.device), None)
+        return values, kept.get("x")
 
-
-class _Done(Exception):
-    """Ends a forward pass at the unembedding's input; never escapes this module."""
-
-
-_UNEMBED_OK: dict[int, bool] = {}
-
-
-def _unembedding(model: Model) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(W_U, b_U)`` when the model's logits are exactly ``unembed.hook_in @ W_U + b_U`` (checked once
-    per model on a short input), so that only the answer position need be unembedded; else None."""
-    import torch
-
-    from interpkit.hooks import hooks
-
-    try:
-        model.resolve_hook("unembed.hook_in")
-        w_u = model.bridge.W_U.detach()
-        b_u = getattr(model.bridge, "b_U", None)
-        b_u = torch.zeros(w_u.shape[-1], device=w_u.device, dtype=w_u.dtype) if b_u is None else b_u.detach()
-    except Exception:  # no such hook or weights on this architecture: use the full forward
-        return None
-    key = id(model.bridge)
-    if key not in _UNEMBED_OK:
-        seen: dict[str, torch.Tensor] = {}
-
-        def keep(act: torch.Tensor, hook: Any) -> None:
-            seen["x"] = act
-
-        tokens = torch.arange(4, device=model.device)[None] % model.cfg.d_vocab
-        with torch.inference_mode(), hooks(model, fwd=[("unembed.hook_in", keep)]):
-            logits = model(tokens)
-        mine = seen["x"] @ w_u + b_u
-        _UNEMBED_OK[key] = bool(torch.allclose(mine, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max())))
-    return (w_u, b_u) if _UNEMBED_OK[key] else None
+    parts = Batcher(rows).run(0, len(items), run)
+    values = torch.cat([v for v, _ in parts])
+    return values, (torch.cat([x for _, x in parts]) if read is not None else None)
 
 
 def _edit_hooks(

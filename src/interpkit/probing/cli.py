@@ -89,9 +89,9 @@ def _dataset(args: argparse.Namespace) -> Any:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from interpkit.plots import accuracy_by_layer, selectivity_figure
     from interpkit.plots.report import write_report
     from interpkit.probing._controls import control_task, shuffled_labels
-    from interpkit.probing._plots import accuracy_by_layer, selectivity_figure
     from interpkit.probing._probes import probe
 
     ds = _dataset(args)

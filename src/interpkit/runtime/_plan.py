@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interpkit.errors import SiteError, unknown
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from interpkit.models import Model
+    from interpkit.sites import Site
 
 # public site name -> (site kind, hook template)
 PATCH_SITES = {
@@ -199,4 +201,35 @@ def patch_mask(plan: Plan, rows: list[int], act_shape: torch.Size, device: Any) 
         mask[:] = True
     else:
         mask[idx, torch.tensor(plan.pos, device=device)[r]] = True
+    return mask
+
+
+def masked_patch_hook(
+    mask_fn: Callable[[torch.Size, torch.device], torch.Tensor], source: torch.Tensor
+) -> Callable[..., Any]:
+    """A hook writing ``source`` where ``mask_fn(act.shape, act.device)`` is True (new tensor, no in-place change).
+
+    Mask and source are used on the activation's device (a no-op on a single-device model).
+    """
+    import torch
+
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        mask = mask_fn(act.shape, act.device).to(act.device)
+        return torch.where(mask, source.to(act.device, act.dtype), act)
+
+    return hook
+
+
+def component_mask(site: Site, shape: torch.Size, group_size: int, device: Any) -> torch.Tensor:
+    import torch
+
+    axis = site.head_axis()
+    if axis is None:
+        return torch.ones((1,) * len(shape), dtype=torch.bool, device=device)
+    mask_shape = [1] * len(shape)
+    mask_shape[axis] = shape[axis]
+    mask = torch.zeros(mask_shape, dtype=torch.bool, device=device)
+    index = [slice(None)] * len(shape)
+    index[axis] = site.hook_index(group_size)
+    mask[tuple(index)] = True
     return mask

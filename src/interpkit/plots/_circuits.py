@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from interpkit.plots._style import NEGATIVE, POSITIVE, style
 
 if TYPE_CHECKING:
-    from interpkit.circuits._circuit import Circuit
     from interpkit.results import Result
+
+# A circuit (interpkit.circuits.Circuit) is read duck-typed: plots sit above the engines and import none of them.
+Circuit = Any
 
 _OFFSET = {"q": 0.22, "k": 0.0, "v": -0.22}
 
@@ -145,7 +147,7 @@ def circuit_figure(circuit: Circuit, title: str | None = None) -> Any:
 
 def curve_figure(result: Result) -> Any:
     """Normalised faithfulness against the fraction of edges kept (a ``faithfulness_curve`` Result)."""
-    from interpkit.plots import line_bands
+    from interpkit.plots._lines import line_bands
 
     meta = result.meta or {}
     x = meta.get("fractions") or list(range(len(result.scores)))

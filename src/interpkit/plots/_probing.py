@@ -7,7 +7,7 @@
 - ``steering_figure``: the task metric per class along a steering sweep;
 - ``learning_curve_figure``, ``inlp_figure``, ``removal_figure``, ``das_figure``.
 
-    >>> from interpkit.probing import accuracy_by_layer
+    >>> from interpkit.plots import accuracy_by_layer
     >>> fig = accuracy_by_layer(res, shuffled=shuf, control=ctrl)       # doctest: +SKIP
 """
 
@@ -16,12 +16,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from interpkit.errors import ResultError
+from interpkit.plots._style import LINE_COLOURS as COLOURS
 
 if TYPE_CHECKING:
-    from interpkit.probing._dataset import ProbeDataset
     from interpkit.results import Result
-
-COLOURS = ("#2166ac", "#b2182b", "#1b7837", "#762a83", "#e08214", "#35978f")
 
 
 def _need(result: Result | None, kind: str) -> None:
@@ -145,32 +143,6 @@ def selectivity_figure(control: Result, title: str | None = None) -> Any:
         title=title or "Selectivity: task accuracy - control-task accuracy", xaxis_title="site", yaxis_title="accuracy"
     )
     return fig
-
-
-def pca(ds: ProbeDataset, site: str, split: str | None = None, n_components: int = 2) -> Result:
-    """Activations at ``site`` on their first principal axes: Result ``(row, component)``; labels in extras."""
-    import torch
-
-    from interpkit.probing._probes import provenance_of
-    from interpkit.results import Result
-
-    (i,) = ds.site_index([site])
-    rows = ds.rows(split) if split else torch.arange(len(ds), device=ds.acts.device)
-    X = ds.acts[i, rows, : ds.widths[i]].double()
-    X = X - X.mean(0)
-    _, s, vh = torch.linalg.svd(X, full_matrices=False)
-    k = min(n_components, vh.shape[0])
-    coords = X @ vh[:k].T
-    explained = (s[:k] ** 2 / (s**2).sum()).tolist()
-    return Result(
-        coords.float(),
-        ("row", "component"),
-        {"component": [f"PC{j + 1}" for j in range(k)]},
-        kind="probe_pca",
-        meta={"site": site, "explained": explained, "classes": ds.classes},
-        extras={"y": ds.y[rows].cpu(), "example": ds.example[rows].cpu()},
-        provenance=provenance_of(ds),
-    )
 
 
 def pca_figure(result: Result, title: str | None = None) -> Any:

@@ -14,10 +14,10 @@ Ablations always replace activations in the clean run.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
-from interpkit.errors import unknown
-from interpkit.patching._engine import PatchingError
+from interpkit.errors import PatchingError, unknown
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +26,39 @@ if TYPE_CHECKING:
 
 ABLATIONS = ("zero", "mean", "resample", "counterfactual")
 DIRECTIONS = ("denoise", "noise")
+DEFAULT_DIRECTION = "denoise"
+DEFAULT_ABLATION = "counterfactual"
+
+
+def default_direction(direction: str | None, where: str, was: str) -> str:
+    """``direction``, or interpkit's one default (:data:`DEFAULT_DIRECTION`) with a FutureWarning where
+    ``where`` used to default to ``was`` (so an old call site's results do not change silently)."""
+    if direction is not None:
+        return direction
+    if was != DEFAULT_DIRECTION:
+        warnings.warn(
+            f"{where}: direction now defaults to {DEFAULT_DIRECTION!r}, interpkit's one default (it was {was!r} "
+            f"before 0.2); pass direction={was!r} for the old results, or direction={DEFAULT_DIRECTION!r} to silence "
+            "this warning",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return DEFAULT_DIRECTION
+
+
+def default_ablation(ablation: str | None, where: str, was: str) -> str:
+    """``ablation``, or :data:`DEFAULT_ABLATION` with a FutureWarning where ``where`` used to default to ``was``."""
+    if ablation is not None:
+        return ablation
+    if was != DEFAULT_ABLATION:
+        warnings.warn(
+            f"{where}: ablation now defaults to {DEFAULT_ABLATION!r}, interpkit's one default (it was {was!r} "
+            f"before 0.2); pass ablation={was!r} for the old results, or ablation={DEFAULT_ABLATION!r} to silence "
+            "this warning",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return DEFAULT_ABLATION
 
 
 def check_mode(direction: str, ablation: str | None) -> None:
