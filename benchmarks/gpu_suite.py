@@ -273,7 +273,7 @@ def check_multi_gpu(args) -> bool:
         f"patch resid_pre x pos, layers {layers}": lambda m: (
             ik.patch(m, task, "resid_pre", per_position=True, layers=layers).scores
         ),
-        f"ablate mean {', '.join(heads)}": lambda m: ik.patching.ablate(m, task, heads, "mean"),
+        f"ablate mean {', '.join(heads)}": lambda m: ik.patching.ablate(m, task, heads, "mean").scores,
         "path_patch heads -> logits": lambda m: ik.patching.path_patch(m, task, ["logits"], "heads").scores,
         "attribute eap edges": lambda m: ik.attribute(m, task, method="eap", level="edge", check=0).scores,
     }

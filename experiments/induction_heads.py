@@ -91,7 +91,7 @@ def run(cfg: Config) -> dict:
     joint = {}
     for name, heads in groups.items():
         if heads:
-            value = float(ablate(model, task, heads, ablation=cfg.ablation, seed=cfg.seed).mean())
+            value = float(ablate(model, task, heads, ablation=cfg.ablation, seed=cfg.seed).scores.mean())
             joint[name] = {"heads": heads, "metric": value, "normalised": (value - corrupt) / (clean - corrupt)}
     for name, row in joint.items():
         print(

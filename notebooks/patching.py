@@ -58,7 +58,7 @@ plots.heatmap(noised, normalised=True)
 
 # %%
 top = [label.replace("layer=", "").replace(", head=", "") for label, _ in heads.top(2, by_abs=False)]
-together = ik.patching.ablate(model, task, top, ablation="mean").mean()
+together = ik.patching.ablate(model, task, top, ablation="mean").scores.mean()
 print(f"mean-ablating {top}: logit difference {float(together):+.2f} (clean {heads.clean_value:+.2f})")
 
 # %% [markdown]

@@ -140,8 +140,8 @@ def test_engine_matches_literal_reference(name, request):
     masks = torch.rand(3, *graph.mask.shape, generator=g) < torch.tensor([0.2, 0.6, 0.9])[:, None, None]
     masks &= graph.mask
     for ablation in ABLATIONS:
-        fast = run_with_edges(model, task, masks, ablation, batch_size=4)  # 9 rows in 3 chunks
-        full = run_with_edges(model, task, graph.mask, ablation)[0]
+        fast = run_with_edges(model, task, masks, ablation, batch_size=4).scores  # 9 rows in 3 chunks
+        full = run_with_edges(model, task, graph.mask, ablation).scores[0]
         for i in range(len(masks)):
             slow = literal_run(model, task, masks[i], ablation)
             torch.testing.assert_close(fast[i], slow, atol=1e-5, rtol=0, msg=f"{name} {ablation} circuit {i}")
@@ -272,7 +272,7 @@ def test_acdc_tau_zero_keeps_what_matters_and_huge_tau_keeps_nothing(tiny_gpt2):
     matters = {e for e, v in zip(effects.labels["edge"], effects.scores.tolist(), strict=True) if v > 1e-4}
     assert matters and matters <= set(kept.edges)
     kl = run_with_edges(tiny_gpt2, task, kept, "counterfactual", metric="kl")
-    assert float(kl.mean()) < 1e-5  # nothing removed that raises the KL to the full model
+    assert float(kl.scores.mean()) < 1e-5  # nothing removed that raises the KL to the full model
     assert kept.meta["n_forwards"] >= 1 and kept.meta["tau"] == 0.0
     assert len(discover_circuit(tiny_gpt2, task, select="acdc", tau=1e9)) == 0
 
@@ -288,9 +288,9 @@ def test_curve_and_stability(tiny_gpt2, tmp_path):
     calls = []
     real = EdgeRunner.__call__
 
-    def counting(self, masks, batch_size=None):
+    def counting(self, masks, *, batch_size=None):
         calls.append(masks.shape[0])
-        return real(self, masks, batch_size)
+        return real(self, masks, batch_size=batch_size)
 
     EdgeRunner.__call__ = counting
     try:

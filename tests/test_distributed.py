@@ -92,7 +92,7 @@ def run_job(model, task, fn: str, kwargs: dict):
         return ik.patch(model, task, **kwargs)
     if fn == "path_patch":
         return path_patch(model, task, **kwargs)
-    return ablate(model, task, **kwargs)
+    return ablate(model, task, **kwargs).scores
 
 
 def _same(a: Result, b: Result) -> None:

@@ -202,8 +202,10 @@ def test_ablate_sets_of_components(tiny_llama):
     with torch.no_grad(), ik.hooks.hooks(tiny_llama, fwd=[(n, zero) for n in names]):
         logits = tiny_llama(task.clean)
     expected = ik.metrics.evaluate(logits, task)
-    assert torch.allclose(both, expected, atol=ATOL)
-    assert ablate(tiny_llama, task, [], ablation="mean").shape == (4,)
+    assert torch.allclose(both.scores, expected, atol=ATOL) and both.dims == ("example",)
+    assert ablate(tiny_llama, task, [], ablation="mean").scores.shape == (4,)
+    with pytest.warns(FutureWarning, match="returns a Result since 0.2"):  # old call sites keep working
+        assert torch.equal(both.mean(), both.scores.mean())
 
 
 def test_result_labels_and_figure(toy):

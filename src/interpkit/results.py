@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,6 +265,21 @@ class Result:
     def figure(self, **kwargs: Any) -> Any:
         """A plotly figure of the scores: the one registered for this result's kind, else a heatmap (2-D) or bars (1-D)."""
         return figure_for(self, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # ablate and run_with_edges returned bare tensors before 0.2; their callers' tensor methods
+        # (.mean(), .tolist(), .shape, ...) keep working on the scores, with a warning to say so.
+        import torch
+
+        if name.startswith("_") or not hasattr(torch.Tensor, name):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        warnings.warn(
+            f"Result.{name}: this function returns a Result since 0.2 (it returned a tensor); "
+            f"use result.scores.{name} for the tensor's",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(self.__dict__["scores"], name)
 
     def __repr__(self) -> str:
         shape = "x".join(str(s) for s in self.scores.shape)

@@ -77,7 +77,7 @@ def acdc(
             singles[torch.arange(k), cand, r] = False
             prefixes = current[None].repeat(k, 1, 1)
             prefixes[:, cand, r] = ~(torch.arange(k)[:, None] >= torch.arange(k)[None, :]) & prefixes[:, cand, r]
-            values = runner(torch.cat([current[None], singles, prefixes]), batch_size).mean(1).double().cpu()
+            values = runner(torch.cat([current[None], singles, prefixes]), batch_size=batch_size).mean(1).double().cpu()
             n_forwards += 1
             base, single, prefix = float(values[0]), values[1 : 1 + k], values[1 + k :]
             mode = None

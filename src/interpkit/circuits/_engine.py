@@ -40,6 +40,7 @@ from interpkit.circuits._errors import CircuitError
 from interpkit.graph import build_graph, mode_context, receiver_mode, sender_hooks, sender_outputs
 from interpkit.metrics import final_logits
 from interpkit.metrics import get as get_metric
+from interpkit.results import Result, make_provenance
 from interpkit.runtime import (
     Rows,
     ablation_source,
@@ -129,7 +130,7 @@ class EdgeRunner:
         t = self.task
         return self.fn(final, t.answer[ex], t.wrong[ex], self.clean_logprobs[ex]).float()
 
-    def __call__(self, masks: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    def __call__(self, masks: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """Per-example metric ``(n_circuits, n_examples)`` with only each mask's edges live."""
         import torch
 
@@ -205,8 +206,8 @@ def run_with_edges(
     metric: str | None = None,
     seed: int = 0,
     batch_size: int | None = None,
-) -> torch.Tensor:
-    """Per-example metric ``(n_circuits, n_examples)`` of the clean run with only the circuits' edges live.
+) -> Result:
+    """Per-example metric of the clean run with only the circuits' edges live: a Result ``(circuit, example)``.
 
     ``edge_masks``: ``(n_circuits, n_senders, n_receivers)`` bool (True = edge kept), one
     ``(n_senders, n_receivers)`` mask, a Circuit or a list of Circuits. Every edge of the graph
@@ -216,7 +217,7 @@ def run_with_edges(
     >>> from interpkit.circuits import Circuit, run_with_edges
     >>> model = ik.load_model("toy-induction")
     >>> task = ik.tasks.load("induction", model, n=4)
-    >>> run_with_edges(model, task, [Circuit.full(model), Circuit(model, [])]).shape
+    >>> run_with_edges(model, task, [Circuit.full(model), Circuit(model, [])]).scores.shape
     torch.Size([2, 4])
     """
     from interpkit.circuits._circuit import Circuit
@@ -224,4 +225,17 @@ def run_with_edges(
     graph = edge_masks.graph if isinstance(edge_masks, Circuit) else None
     if isinstance(edge_masks, Sequence) and edge_masks and isinstance(edge_masks[0], Circuit):
         graph = edge_masks[0].graph
-    return EdgeRunner(model, task, ablation, metric=metric, seed=seed, graph=graph)(edge_masks, batch_size)
+    runner = EdgeRunner(model, task, ablation, metric=metric, seed=seed, graph=graph)
+    masks = as_masks(model, edge_masks, runner.graph)
+    values = runner(masks, batch_size=batch_size).cpu()
+    return Result(
+        scores=values,
+        dims=("circuit", "example"),
+        labels={"circuit": [f"{int(m.sum())} edges" for m in masks], "example": [str(i) for i in range(len(task))]},
+        metric=runner.metric,
+        clean_value=float(runner.clean_values.mean()),
+        corrupt_value=float(runner.corrupt_values.mean()),
+        kind="run_with_edges",
+        meta={"ablation": ablation, "n_edges": [int(m.sum()) for m in masks], "n_edges_graph": runner.graph.n_edges},
+        provenance=make_provenance(model, task, seed),
+    )

@@ -47,8 +47,8 @@ def edge_removal_scores(
     pairs = graph.mask.nonzero()  # (n_edges, 2), graph order
     masks = graph.mask[None].repeat(len(pairs), 1, 1)
     masks[torch.arange(len(pairs)), pairs[:, 0], pairs[:, 1]] = False
-    full = runner(graph.mask[None], batch_size).mean(1)
-    values = runner(masks, batch_size).mean(1) - full  # (n_edges,)
+    full = runner(graph.mask[None], batch_size=batch_size).mean(1)
+    values = runner(masks, batch_size=batch_size).mean(1) - full  # (n_edges,)
     matrix = torch.zeros(graph.mask.shape)
     matrix[pairs[:, 0], pairs[:, 1]] = values.float().cpu()
     return Result(

@@ -208,13 +208,13 @@ def ablate(
     seed: int = 0,
     batch_size: int | None = None,
     distributed: bool | None = None,
-) -> torch.Tensor:
-    """Per-example metric ``(batch,)`` of the clean run with every listed component ablated at once.
+) -> Result:
+    """The clean run with every listed component ablated at once: a Result of the per-example metric ``(example,)``.
 
     Examples run in batches of ``batch_size`` (default from free memory, halved on
     out-of-memory); under ``torchrun`` the batches are shared between ranks (see ``ik.patch``).
 
-    >>> ik.patching.ablate(model, task, ["L1H0", "L1H2"], ablation="zero").mean()   # doctest: +SKIP
+    >>> ik.patching.ablate(model, task, ["L1H0", "L1H2"], ablation="zero").scores.mean()   # doctest: +SKIP
     """
     import torch
 
@@ -262,4 +262,14 @@ def ablate(
         values = combine(group, values)
     finally:
         group.close()
-    return values[0].cpu()
+    return Result(
+        scores=values[0].cpu(),
+        dims=("example",),
+        labels={"example": [str(i) for i in range(len(task))]},
+        metric=metric,
+        clean_value=float(base["clean"].mean()),
+        corrupt_value=float(base["corrupt"].mean()),
+        kind="ablate",
+        meta={"components": [s.label for s in sites], "ablation": ablation},
+        provenance=make_provenance(model, task, seed),
+    )

@@ -128,6 +128,7 @@ def remove(
     split: str = "test",
     read_site: str | None = "last",
     seed: int = 0,
+    *,
     batch_size: int | None = None,
     **options: Any,
 ) -> Result:
@@ -246,6 +247,7 @@ def steer(
     metric: str | None = None,
     positions: Any = "probe",
     split: str = "test",
+    *,
     batch_size: int | None = None,
 ) -> Result:
     """Add ``scale * sd * direction`` at ``site`` for each scale; the task metric per class.

@@ -309,7 +309,7 @@ def collect(
     return _build(model, specs, source, y, class_names, meta, split, seed, batch_size, dtype)
 
 
-def recollect(ds: ProbeDataset, model: Model, batch_size: int | None = None) -> ProbeDataset:
+def recollect(ds: ProbeDataset, model: Model, *, batch_size: int | None = None) -> ProbeDataset:
     """The same examples, positions, labels and split read from another model (e.g. a random-init copy)."""
     from interpkit.probing._collect import resolve_sites
 
