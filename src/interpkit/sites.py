@@ -59,6 +59,18 @@ HEAD_KINDS = {
 KV_KINDS = {"kv_k": "blocks.{l}.attn.hook_k", "kv_v": "blocks.{l}.attn.hook_v"}
 GLOBAL_KINDS = {"embed": "hook_embed", "logits": "hook_unembed"}
 KINDS = (*GLOBAL_KINDS, *LAYER_KINDS, *HEAD_KINDS, *KV_KINDS)
+# the names ik.patch uses for site kinds (and the short forms of labels), accepted everywhere
+KIND_ALIASES = {
+    "head_out": "z",
+    "head_q": "q",
+    "head_k": "kv_k",
+    "head_v": "kv_v",
+    "head_pattern": "pattern",
+    "attn": "attn_out",
+    "mlp": "mlp_out",
+}
+PATCH_NAMES = {"z": "head_out", "q": "head_q", "k": "head_k", "kv_k": "head_k", "v": "head_v", "kv_v": "head_v",
+               "pattern": "head_pattern"}  # fmt: skip
 _SUFFIX = {"attn_out": "attn", "mlp_out": "mlp"}
 _SUFFIX_IN = {"attn": "attn_out", "mlp": "mlp_out", "attn_out": "attn_out", "mlp_out": "mlp_out"}
 
@@ -173,15 +185,65 @@ def all_sites(model: Model, kind: str | None = None) -> list[Site]:
     return out
 
 
+def kind_name(name: Any) -> str | None:
+    """The site kind a bare name denotes (``"resid_post"``; ``"head_out"`` -> ``"z"``), or None for anything else.
+
+    >>> kind_name("head_out"), kind_name("L3.mlp"), kind_name("embed")
+    ('z', None, None)
+    """
+    if not isinstance(name, str) or name in GLOBAL_KINDS:
+        return None
+    kind = KIND_ALIASES.get(name, name)
+    return kind if kind in KINDS else None
+
+
+def sweep_of(model: Model, site: str, layers: Iterable[int] | None = None) -> tuple[str, list[int] | None]:
+    """``ik.patch``'s ``(site kind, layers)`` for a kind name, a label or a wildcard over labels.
+
+    ``"resid_post"`` or ``"head_out"`` sweep every layer; ``"L3.resid_post"``, ``"L[0-5].attn"`` or
+    ``"L3H*"`` sweep the layers they name (a sweep patches whole layers of heads: naming only some
+    heads of a layer is an error). The returned kind is a patch site name (``head_out``, ...).
+    """
+    kind = kind_name(site)
+    if kind is not None:
+        return PATCH_NAMES.get(kind, kind), None if layers is None else list(layers)
+    found = [parse(n) for n in expand(model, [site]) if not str(n).startswith(("blocks.", "hook_"))]
+    found = [f for f in found if f.label.count(".") == site.count(".")]  # "L3H*" means heads, not their .q/.k/.v
+    kinds = {PATCH_NAMES.get(f.kind, f.kind) for f in found}
+    if not found or len(kinds) != 1 or None in {f.layer for f in found}:
+        raise SiteError(
+            f"site {site!r} must name one kind of component over some layers: a kind (resid_pre, resid_mid, "
+            "resid_post, attn_out, mlp_out, head_out, head_q, head_k, head_v, head_pattern), a label (L3.resid_post, "
+            f"L3H5) or a wildcard over labels (L*.mlp, L3H*); it matches {sorted({f.label for f in found})[:6]}"
+        )
+    named = sorted({f.layer for f in found})
+    per_layer = len({(f.kind, f.head) for f in found if f.layer == named[0]})
+    whole = model.cfg.n_kv_heads if found[0].kind in KV_KINDS else model.cfg.n_heads
+    if found[0].head is not None and per_layer < whole:
+        raise SiteError(
+            f"site {site!r} names some heads of a layer; a patching sweep patches every head of each layer it "
+            f"covers (use {found[0].label.split('H')[0]}H* or a kind with layers=[...]; ik.patching.ablate takes single heads)"
+        )
+    if layers is not None and sorted(set(layers)) != named:
+        raise SiteError(f"site {site!r} names layers {named}, but layers={list(layers)} was given too")
+    return kinds.pop(), named
+
+
 def is_pattern(name: Any) -> bool:
     """Whether ``name`` is a shell wildcard (``*``, ``?`` or ``[``) rather than one label or hook name."""
     return isinstance(name, str) and any(ch in name for ch in "*?[")
 
 
 def expand(model: Model, names: Iterable[Any]) -> list[Any]:
-    """``names`` with shell wildcards (``"L*.resid_post"``, ``"blocks.*.attn.hook_z"``) replaced by
-    the site labels and hook names of ``model`` they match, in forward order; other names (and
-    :class:`Site` objects) are passed through. A pattern that matches nothing is a SiteError."""
+    """``names`` with shell wildcards (``"L*.resid_post"``, ``"blocks.*.attn.hook_z"``) and site kinds
+    (``"resid_post"``, ``"head_out"``: every such site) replaced by the site labels and hook names of
+    ``model`` they match, in forward order; other names (and :class:`Site` objects) are passed
+    through. A pattern that matches nothing is a SiteError.
+
+        >>> import interpkit as ik
+        >>> expand(ik.load_model("toy-induction"), ["resid_post", "L1H*"])
+        ['L0.resid_post', 'L1.resid_post', 'L1H0', 'L1H1', 'L1H2', 'L1H3']
+    """
     import fnmatch
 
     out: list[Any] = []
@@ -192,6 +254,10 @@ def expand(model: Model, names: Iterable[Any]) -> list[Any]:
             continue
         if not isinstance(name, str):
             raise SiteError(f"a site must be a label like 'L3.resid_pre' or a hook name, got {name!r}")
+        kind = kind_name(name.strip())
+        if kind is not None:
+            out.extend(s.label for s in all_sites(model, kind))
+            continue
         if not is_pattern(name):
             out.append(name.strip())
             continue

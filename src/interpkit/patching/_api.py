@@ -25,6 +25,7 @@ from interpkit.metrics import get as get_metric
 from interpkit.patching._suffix_patch import suffix_applies, suffix_hooks, suffix_values
 from interpkit.results import Result, make_provenance
 from interpkit.runtime import (
+    PATCH_SITES,
     Rows,
     ablation_source,
     auto_rows,
@@ -39,7 +40,7 @@ from interpkit.runtime import (
     patch_mask,
     str_tokens,
 )
-from interpkit.sites import Site, validate
+from interpkit.sites import Site, sweep_of, validate
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +96,8 @@ def patch(
     """Patch every component of ``site`` (per layer, head and optionally position); one Result.
 
     ``site``: resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_q, head_k,
-    head_v, head_pattern. ``direction``: "denoise" (clean into corrupt) or "noise" (corrupt into
+    head_v, head_pattern; or labels naming the kind and layers, as elsewhere (``"L3.resid_post"``,
+    ``"L*.mlp"``, ``"L[0-5]H*"``: whole layers of heads). ``direction``: "denoise" (clean into corrupt) or "noise" (corrupt into
     clean). ``ablation`` (zero, mean, resample, counterfactual) replaces the activation in the
     clean run instead. Scores are the task metric (``Result.normalised()``: clean 1, corrupt 0).
     ``batch_size``: rows (patch x example) per forward; default from free memory, halved on
@@ -109,6 +111,8 @@ def patch(
     fn = get_metric(metric)
     task = task.to(model.device)
     model.check_tokens(task.clean)
+    if site not in PATCH_SITES:  # a label or wildcard (L3.resid_post, L*.mlp, L3H*) names the kind and layers
+        site, layers = sweep_of(model, site, layers)
     plan = make_plan(
         model, site, task.n_pos, per_position, layers, positions, pattern_positions, _str_tokens(model, task)
     )
