@@ -131,3 +131,4 @@ def test_discovery_and_faithfulness_on_the_new_kind(setup):
     # a circuit file records its node kinds and rebuilds the same graph
     again = Circuit.from_dict(circ.to_dict(), model)
     assert again == circ and again.graph.hash() == graph.hash()
+    assert len(circ.figure().data) > 0  # the figure lays out nodes of any kind

@@ -108,7 +108,7 @@ def patch(
 
     check_mode(direction, ablation)
     metric = metric or task.metric
-    fn = get_metric(metric)
+    get_metric(metric)
     task = task.to(model.device)
     model.check_tokens(task.clean)
     if site not in PATCH_SITES:  # a label or wildcard (L3.resid_post, L*.mlp, L3H*) names the kind and layers
@@ -116,78 +116,28 @@ def patch(
     plan = make_plan(
         model, site, task.n_pos, per_position, layers, positions, pattern_positions, _str_tokens(model, task)
     )
-    needed_layers = sorted(set(plan.layer))
-    hook_names = [model.resolve_hook(plan.hook(lay)) for lay in needed_layers]
-    resid_names = [model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in needed_layers]
     n_examples = len(task)
-    use_clean_target = ablation is not None or direction == "noise"
     group = join(model, distributed, error=PatchingError)
     try:
         # prefix reuse: a per-position sweep recomputes only positions >= p of layers >= l
         use_suffix = suffix_applies(model, plan)
-        target_hooks = [*hook_names, *(suffix_hooks(model) if use_suffix else resid_names)]
-        clean_hooks, corrupt_hooks = (target_hooks, hook_names) if use_clean_target else (hook_names, target_hooks)
-        base = baseline(model, task, metric, clean_hooks, corrupt_hooks)  # the two runs, captured on the way
-        target_acts, other_acts = (
-            (base["clean_acts"], base["corrupt_acts"])
-            if use_clean_target
-            else (base["corrupt_acts"], base["clean_acts"])
-        )
-        if ablation is None:
-            source_acts = other_acts
-        else:
-            pattern = plan.kind == "pattern"
-            source_acts = {
-                h: ablation_source(ablation, target_acts[h], base["corrupt_acts"][h], task, seed, pattern=pattern)
-                for h in hook_names
-            }
+        base, target_acts, sources = _runs(model, task, plan, metric, direction, ablation, seed, use_suffix)
         values = torch.full((len(plan), n_examples), 0.0 if group.active else float("nan"), device=model.device)
-        labels = plan.component_labels()
-
-        def check(vals: torch.Tensor, rows_patch: list[int], rows_example: list[int]) -> None:
-            _check_nan(vals, labels, rows_patch, rows_example)
-
-        if use_suffix:
-            with torch.inference_mode():
-                batcher = suffix_values(
-                    model,
-                    plan,
-                    task,
-                    target_acts,
-                    {lay: source_acts[h] for lay, h in zip(needed_layers, hook_names, strict=True)},
-                    fn,
-                    metric,
-                    base["clean_logprobs"],
-                    values,
-                    batch_size or auto_rows(model, task.n_pos),
-                    check,
-                    group,
-                )
-        else:
-            segments = [
-                _layer_segment(plan, lay, h, source_acts[h], target_acts[r], n_examples)
-                for lay, h, r in zip(needed_layers, hook_names, resid_names, strict=True)
-            ]
-            batcher = metric_rows(
-                model, task, segments, values, metric=metric, clean_logprobs=base["clean_logprobs"], check=check,
-                batch_size=batch_size, group=group,
-            )  # fmt: skip
+        batcher = _sweep(model, task, plan, metric, base, target_acts, sources, values, batch_size, group, use_suffix)
         values = combine(group, values)
     finally:
         group.close()
-    batch_rows = batcher.initial
-    per_example = values.reshape(*plan.shape, n_examples).cpu()
     meta = {
         "site": site,
         "kind": plan.kind,
         "per_position": per_position,
         "direction": direction if ablation is None else f"ablate ({ablation})",
         "ablation": ablation,
-        "batch_rows": batch_rows,
+        "batch_rows": batcher.initial,
         "engine": "suffix" if use_suffix else "hooks",
+        **({"note": plan.note} if plan.note else {}),
     }
-    if plan.note:
-        meta["note"] = plan.note
+    per_example = values.reshape(*plan.shape, n_examples).cpu()
     return Result(
         scores=per_example.mean(-1),
         dims=plan.dims,
@@ -200,6 +150,76 @@ def patch(
         extras={"per_example": per_example, "tokens": _str_tokens(model, task)},
         provenance=make_provenance(model, task, seed),
     )
+
+
+def _sweep(
+    model: Model,
+    task: Task,
+    plan: Plan,
+    metric: str,
+    base: dict[str, Any],
+    target_acts: dict[str, torch.Tensor],
+    sources: dict[int, tuple[str, torch.Tensor]],
+    values: torch.Tensor,
+    batch_size: int | None,
+    group: Any,
+    use_suffix: bool,
+) -> Any:
+    """Fill ``values`` (patch, example) on the suffix engine or as rows of layer-start forwards; the Batcher used."""
+    import torch
+
+    labels = plan.component_labels()
+
+    def check(vals: torch.Tensor, rows_patch: list[int], rows_example: list[int]) -> None:
+        _check_nan(vals, labels, rows_patch, rows_example)
+
+    if use_suffix:
+        with torch.inference_mode():
+            return suffix_values(
+                model, plan, task, target_acts, {lay: src for lay, (_, src) in sources.items()}, get_metric(metric),
+                metric, base["clean_logprobs"], values, batch_size or auto_rows(model, task.n_pos), check, group,
+            )  # fmt: skip
+    n = len(task)
+    segments = [
+        _layer_segment(plan, lay, h, src, target_acts[model.resolve_hook(f"blocks.{lay}.hook_resid_pre")], n)
+        for lay, (h, src) in sources.items()
+    ]
+    return metric_rows(
+        model, task, segments, values, metric=metric, clean_logprobs=base["clean_logprobs"], check=check,
+        batch_size=batch_size, group=group,
+    )  # fmt: skip
+
+
+def _runs(
+    model: Model,
+    task: Task,
+    plan: Plan,
+    metric: str,
+    direction: str,
+    ablation: str | None,
+    seed: int,
+    use_suffix: bool,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[int, tuple[str, torch.Tensor]]]:
+    """The two runs, with what the sweep needs captured on the way: the baseline, the target run's
+    activations, and per layer the patched hook and its source values (the other run or an ablation)."""
+    needed = sorted(set(plan.layer))
+    hook_names = [model.resolve_hook(plan.hook(lay)) for lay in needed]
+    resid_names = [model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in needed]
+    use_clean_target = ablation is not None or direction == "noise"
+    target_hooks = [*hook_names, *(suffix_hooks(model) if use_suffix else resid_names)]
+    clean_hooks, corrupt_hooks = (target_hooks, hook_names) if use_clean_target else (hook_names, target_hooks)
+    base = baseline(model, task, metric, clean_hooks, corrupt_hooks)
+    target_acts, other_acts = (
+        (base["clean_acts"], base["corrupt_acts"]) if use_clean_target else (base["corrupt_acts"], base["clean_acts"])
+    )
+    sources = {}
+    for lay, h in zip(needed, hook_names, strict=True):
+        if ablation is None:
+            sources[lay] = (h, other_acts[h])
+        else:
+            src = ablation_source(ablation, target_acts[h], base["corrupt_acts"][h], task, seed, plan.kind == "pattern")
+            sources[lay] = (h, src)
+    return base, target_acts, sources
 
 
 def ablate(

@@ -35,7 +35,6 @@ from interpkit.models.anatomy import tail
 from interpkit.results import Result, make_provenance
 from interpkit.runtime import (
     baseline,
-    capture,
     capture_from,
     check_mode,
     component_mask,
@@ -155,12 +154,7 @@ def path_patch(
 
     direction = default_direction(direction, "path_patch", was="noise")
     check_mode(direction, None)
-    if model.anatomy.post_norms:
-        raise PatchingError(
-            f"path patching adds each sender's output change to its receivers' inputs, but {model.name} normalises "
-            "attention and MLP outputs before adding them to the residual stream (Gemma 2, OLMo2), so a sender's "
-            "change there is not its own output change; use ik.patch (activation patching) instead"
-        )
+    _check_additive(model)
     metric = metric or task.metric
     fn = get_metric(metric)
     task = task.to(model.device)
@@ -168,47 +162,29 @@ def path_patch(
     receiver_sites = _receivers(model, receivers)
     to_logits = receiver_sites[0].kind == "logits"
     recv_layers = sorted({r.layer for r in receiver_sites}) if not to_logits else [model.cfg.n_layers]
-    base_tokens, source_tokens = (task.clean, task.corrupt) if direction == "noise" else (task.corrupt, task.clean)
 
-    sender_hooks = {model.resolve_hook(s.hook) for s in sender_sites}
-    base_names = set(sender_hooks) | {
-        model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in recv_layers if lay < model.cfg.n_layers
-    }
-    if not model.cfg.parallel_attn_mlp:
-        base_names |= {
-            model.resolve_hook(f"blocks.{r.layer}.hook_resid_mid") for r in receiver_sites if r.kind == "mlp_out"
-        }
-    base_names.add(model.resolve_hook(final_hook(model)))
-    base_acts, _ = capture(model, base_tokens, sorted(base_names))
-    source_acts, _ = capture(model, source_tokens, sorted(sender_hooks))
-    ref = baseline(model, task, metric)
+    ref, base_acts, source_acts = _runs(model, task, metric, direction, sender_sites, receiver_sites, recv_layers)
     base_value = ref["clean"] if direction == "noise" else ref["corrupt"]
     n_ex = len(task)
     values = base_value[None].repeat(len(sender_sites), 1).to(model.device)
     live = [i for i, s in enumerate(sender_sites) if any(_reaches(model, s, r) for r in receiver_sites)]
     rows = [(i, b) for i in live for b in range(n_ex)]
-    final_name = model.resolve_hook(final_hook(model))
 
     def run(start: int, stop: int) -> torch.Tensor:
         chunk = rows[start:stop]
         ex = torch.tensor([b for _, b in chunk], device=model.device)
         deltas = _sender_deltas(model, sender_sites, [i for i, _ in chunk], base_acts, source_acts, ex)
-        layer_of = torch.tensor(
-            [sender_sites[i].layer if sender_sites[i].kind != "embed" else -1 for i, _ in chunk], device=model.device
-        )
-        attention = torch.tensor([sender_sites[i].kind in ("z", "attn_out") for i, _ in chunk], device=model.device)
         if to_logits:
-            last = base_acts[final_name]  # on the last block's device
+            last = base_acts[model.resolve_hook(final_hook(model))]  # on the last block's device
             pos = task.answer_pos[ex]
             delta = deltas[torch.arange(len(chunk), device=deltas.device), pos]
-            resid = last[ex.to(last.device), pos.to(last.device)] + delta.to(last.device)
-            final = tail(model.bridge, resid).to(model.device)
+            final = tail(model.bridge, last[ex.to(last.device), pos.to(last.device)] + delta.to(last.device))
         else:
-            patches = _receiver_values(model, receiver_sites, base_acts, deltas, layer_of, attention, ex)
-            start_layer = min(recv_layers)
-            resid0 = base_acts[model.resolve_hook(f"blocks.{start_layer}.hook_resid_pre")]
-            final = forward_final(model, resid0[ex.to(resid0.device)], start_layer, task.answer_pos[ex], patches)
-        vals = fn(final, task.answer[ex], task.wrong[ex], ref["clean_logprobs"][ex])
+            senders = [sender_sites[i] for i, _ in chunk]
+            patches = _receiver_values(model, receiver_sites, base_acts, deltas, senders, ex)
+            resid0 = base_acts[model.resolve_hook(f"blocks.{recv_layers[0]}.hook_resid_pre")]
+            final = forward_final(model, resid0[ex.to(resid0.device)], recv_layers[0], task.answer_pos[ex], patches)
+        vals = fn(final.to(model.device), task.answer[ex], task.wrong[ex], ref["clean_logprobs"][ex])
         out[torch.tensor([i for i, _ in chunk], device=model.device), ex] = vals.to(out.dtype)
         return vals
 
@@ -217,12 +193,7 @@ def path_patch(
         out = torch.zeros_like(values) if group.active else values
         with torch.inference_mode():
             sweep(
-                len(rows),
-                lambda _, start, stop: run(start, stop),
-                model=model,
-                n_pos=task.n_pos,
-                batch_size=batch_size,
-                group=group,
+                len(rows), lambda _, a, b: run(a, b), model=model, n_pos=task.n_pos, batch_size=batch_size, group=group
             )
             if group.active:
                 live_rows = torch.tensor(live, dtype=torch.long, device=model.device)
@@ -230,22 +201,52 @@ def path_patch(
     finally:
         group.close()
     per_example = values.reshape(*shape, n_ex).cpu()
+    meta = {
+        "receivers": [r.label for r in receiver_sites],
+        "direction": direction,
+        "senders": [s.label for s in sender_sites],
+    }
     return Result(
-        scores=per_example.mean(-1),
-        dims=dims,
-        labels=labels,
-        metric=metric,
-        clean_value=float(ref["clean"].mean()),
-        corrupt_value=float(ref["corrupt"].mean()),
-        kind="path_patch",
-        meta={
-            "receivers": [r.label for r in receiver_sites],
-            "direction": direction,
-            "senders": [s.label for s in sender_sites],
-        },
-        extras={"per_example": per_example},
-        provenance=make_provenance(model, task, seed),
+        per_example.mean(-1), dims, labels, metric, float(ref["clean"].mean()), float(ref["corrupt"].mean()),
+        "path_patch", meta, {"per_example": per_example}, make_provenance(model, task, seed),
+    )  # fmt: skip
+
+
+def _check_additive(model: Model) -> None:
+    if model.anatomy.post_norms:
+        raise PatchingError(
+            f"path patching adds each sender's output change to its receivers' inputs, but {model.name} normalises "
+            "attention and MLP outputs before adding them to the residual stream (Gemma 2, OLMo2), so a sender's "
+            "change there is not its own output change; use ik.patch (activation patching) instead"
+        )
+
+
+def _runs(
+    model: Model,
+    task: Task,
+    metric: str,
+    direction: str,
+    senders: list[Site],
+    receivers: list[Site],
+    recv_layers: list[int],
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The baseline, with what path patching needs captured on the way: in the base run the senders,
+    the receivers' layer inputs (and ``resid_mid`` for MLP receivers) and the final residual; in the
+    source run the senders."""
+    sender_hooks = {model.resolve_hook(s.hook) for s in senders}
+    names = set(sender_hooks) | {
+        model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in recv_layers if lay < model.cfg.n_layers
+    }
+    if not model.cfg.parallel_attn_mlp:
+        names |= {model.resolve_hook(f"blocks.{r.layer}.hook_resid_mid") for r in receivers if r.kind == "mlp_out"}
+    names.add(model.resolve_hook(final_hook(model)))
+    noise = direction == "noise"
+    base_hooks, source_hooks = sorted(names), sorted(sender_hooks)
+    ref = baseline(model, task, metric, *((base_hooks, source_hooks) if noise else (source_hooks, base_hooks)))
+    base_acts, source_acts = (
+        (ref["clean_acts"], ref["corrupt_acts"]) if noise else (ref["corrupt_acts"], ref["clean_acts"])
     )
+    return ref, base_acts, source_acts
 
 
 def _receiver_values(
@@ -253,15 +254,14 @@ def _receiver_values(
     receivers: list[Site],
     base_acts: dict[str, torch.Tensor],
     deltas: torch.Tensor,
-    sender_layer: torch.Tensor,
-    attention: torch.Tensor,
+    senders: list[Site],
     ex: torch.Tensor,
 ) -> list[tuple[str, Any]]:
-    """Hooks that write each receiver's input-patched value (step 2 of the module docstring).
+    """Hooks that write each receiver's input-patched value (step 2 of the module docstring); ``senders`` per row."""
+    import torch
 
-    ``sender_layer`` and ``attention`` (whether the sender is a head or an attention output) per row.
-    """
-
+    sender_layer = torch.tensor([s.layer if s.kind != "embed" else -1 for s in senders], device=deltas.device)
+    attention = torch.tensor([s.kind in ("z", "attn_out") for s in senders], device=deltas.device)
     parallel = model.cfg.parallel_attn_mlp
     patches: list[tuple[str, Any]] = []
     for layer in sorted({r.layer for r in receivers}):

@@ -91,27 +91,31 @@ def attention_pattern(
         "yaxis": {"title": {"text": "query position"}, "autorange": "reversed"},
     }
     if n_heads > 1:
-        layout["updatemenus"] = [
-            {
-                "type": "dropdown",
-                "x": 0.0,
-                "xanchor": "left",
-                "y": 1.01,
-                "yanchor": "bottom",
-                "showactive": True,
-                "pad": {"l": 0, "b": 2},
-                "buttons": [
-                    {
-                        "label": heads[h],
-                        "method": "update",
-                        "args": [{"visible": [i == h for i in range(n_heads)]}, {"title.text": f"{base}: {names[h]}"}],
-                    }
-                    for h in range(n_heads)
-                ],
-            }
-        ]
+        layout["updatemenus"] = [_head_picker(heads, names, base)]
     side = height or min(900, max(440, 170 + 22 * n_pos))
     # Roughly square cells: the plot area is about as wide as it is high (plus room for labels).
     if n_heads > 1:
         layout["margin"] = {"l": 70, "r": 30, "t": 100, "b": 60}  # room for the head picker under the title
     return style(fig, f"{base}: {names[0]}", height=side, width=side + 220, **layout)
+
+
+def _head_picker(heads: Sequence[str], names: Sequence[str], base: str) -> dict[str, Any]:
+    """A dropdown showing one head's trace at a time (and its name in the title)."""
+    n = len(heads)
+    return {
+        "type": "dropdown",
+        "x": 0.0,
+        "xanchor": "left",
+        "y": 1.01,
+        "yanchor": "bottom",
+        "showactive": True,
+        "pad": {"l": 0, "b": 2},
+        "buttons": [
+            {
+                "label": heads[h],
+                "method": "update",
+                "args": [{"visible": [i == h for i in range(n)]}, {"title.text": f"{base}: {names[h]}"}],
+            }
+            for h in range(n)
+        ],
+    }

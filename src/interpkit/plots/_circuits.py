@@ -24,7 +24,7 @@ _OFFSET = {"q": 0.22, "k": 0.0, "v": -0.22}
 
 
 def _layout(circuit: Circuit) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
-    """Positions of sender components and of receiver inputs."""
+    """Positions of sender components and of receiver inputs (nodes of other kinds: by stage and index)."""
     ident = circuit.identity
     per_layer = 1 if ident.attn_only else 2
     group = max(1, ident.n_heads // max(1, ident.n_kv_heads))
@@ -33,23 +33,28 @@ def _layout(circuit: Circuit) -> tuple[dict[str, tuple[float, float]], dict[str,
     def head_y(h: float) -> float:
         return (ident.n_heads - 1) / 2 - h
 
-    comps: dict[str, tuple[float, float]] = {"embed": (0.0, 0.0)}
+    def column(node: Any) -> float:
+        return 1.0 + per_layer * node.layer + node.stage
+
+    comps: dict[str, tuple[float, float]] = {}
     inputs: dict[str, tuple[float, float]] = {}
     for node in circuit.graph.senders:
-        if node.kind == "head":
-            comps[node.label] = (1.0 + per_layer * node.layer, head_y(node.index))
+        if node.kind == "embed":
+            comps[node.label] = (0.0, 0.0)
         elif node.kind == "mlp":
-            comps[node.label] = (2.0 + per_layer * node.layer, 0.0)
+            comps[node.label] = (column(node), 0.0)
+        else:  # heads, and any other kind: one row per index
+            comps[node.label] = (column(node), head_y(node.index or 0))
     for node in circuit.graph.receivers:
         if node.kind == "logits":
             inputs[node.label] = (1.0 + per_layer * ident.n_layers, 0.0)
-        elif node.kind == "mlp":
-            inputs[node.label] = (2.0 + per_layer * node.layer - 0.2, 0.0)
-        elif node.kind == "q" or not gqa:
-            inputs[node.label] = (1.0 + per_layer * node.layer - 0.2, head_y(node.index) + _OFFSET[node.kind])
-        else:
+        elif node.kind in _OFFSET and gqa and node.kind != "q":
             centre = head_y(node.index * group + (group - 1) / 2)
-            inputs[node.label] = (1.0 + per_layer * node.layer - 0.4, centre + _OFFSET[node.kind])
+            inputs[node.label] = (column(node) - 0.4, centre + _OFFSET[node.kind])
+        elif node.kind in _OFFSET:
+            inputs[node.label] = (column(node) - 0.2, head_y(node.index) + _OFFSET[node.kind])
+        else:
+            inputs[node.label] = (column(node) - 0.2, 0.0 if node.index is None else head_y(node.index))
     return comps, inputs
 
 
@@ -58,9 +63,43 @@ def circuit_figure(circuit: Circuit, title: str | None = None) -> Any:
     import plotly.graph_objects as go
 
     comps, inputs = _layout(circuit)
+    fig = go.Figure()
+    _edges(fig, circuit, comps, inputs)
+    _inputs(fig, circuit, comps, inputs)
+    used = set(circuit.nodes)
+    for active in (False, True):
+        labels = [c for c in comps if (c in used) == active] + [
+            r for r in inputs if r == "logits" and ("logits" in used) == active
+        ]
+        pos = [comps.get(c) or inputs[c] for c in labels]
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in pos], y=[p[1] for p in pos], mode="markers+text" if active else "markers",
+                text=labels, textposition="top center", hovertemplate="%{text}<extra></extra>",
+                marker={"size": 16 if active else 10, "color": "#333333" if active else "#dddddd", "symbol": "square"},
+                showlegend=False,
+            )
+        )  # fmt: skip
+    ident = circuit.identity
+    per_layer = 1 if ident.attn_only else 2
+    ticks = [0.0] + [1.0 + per_layer * layer for layer in range(ident.n_layers)] + [1.0 + per_layer * ident.n_layers]
+    tick_text = ["embed"] + [f"L{layer}" for layer in range(ident.n_layers)] + ["logits"]
+    title = title or f"circuit: {len(circuit)} edges of {circuit.graph.n_edges} ({ident.name})"
+    return style(
+        fig,
+        title,
+        height=max(350, 60 * ident.n_heads + 120),
+        xaxis={"tickvals": ticks, "ticktext": tick_text, "showgrid": False, "zeroline": False},
+        yaxis={"showticklabels": False, "showgrid": False, "zeroline": False},
+    )
+
+
+def _edges(fig: Any, circuit: Circuit, comps: dict, inputs: dict) -> None:
+    """One line per edge (width |score|, colour its sign), and a hover marker at each midpoint."""
+    import plotly.graph_objects as go
+
     scores = circuit.scores or {}
     biggest = max((abs(v) for v in scores.values()), default=0.0) or 1.0
-    fig = go.Figure()
     groups: dict[tuple[str, int], tuple[list, list]] = {}
     mids: dict[str, list] = {"x": [], "y": [], "text": [], "colour": []}
     for edge in circuit.edges:
@@ -89,19 +128,18 @@ def circuit_figure(circuit: Circuit, title: str | None = None) -> Any:
             text=mids["text"], hovertemplate="%{text}<extra></extra>", name="edges", showlegend=False,
         )
     )  # fmt: skip
-    # The receiver inputs the circuit uses: a small marker, tied to its component by a thin line.
-    group = max(1, circuit.identity.n_heads // max(1, circuit.identity.n_kv_heads))
+
+
+def _inputs(fig: Any, circuit: Circuit, comps: dict, inputs: dict) -> None:
+    """The receiver inputs the circuit uses: a small marker, tied by a thin line to the components it feeds."""
+    import plotly.graph_objects as go
+
     ties: tuple[list, list] = ([], [])
     used_inputs = sorted({e.split("->")[1] for e in circuit.edges} - {"logits"})
+    receivers = {n.label: n for n in circuit.graph.receivers}
     for label in used_inputs:
         x, y = inputs[label]
-        node = next(n for n in circuit.graph.receivers if n.label == label)
-        if node.kind == "mlp":
-            owners = [label]
-        elif "KV" in label:
-            owners = [f"L{node.layer}H{node.index * group + i}" for i in range(group)]
-        else:
-            owners = [label.rsplit(".", 1)[0]]
+        owners = [s.label for s in circuit.graph.senders if s.component in receivers[label].feeds]
         for owner in owners:
             ties[0].extend([x, comps[owner][0], None])
             ties[1].extend([y, comps[owner][1], None])
@@ -117,32 +155,6 @@ def circuit_figure(circuit: Circuit, title: str | None = None) -> Any:
             marker={"size": 6, "color": "#555555"}, textfont={"size": 10}, showlegend=False,
         )
     )  # fmt: skip
-    used = set(circuit.nodes)
-    for active in (False, True):
-        labels = [c for c in comps if (c in used) == active] + [
-            r for r in inputs if r == "logits" and ("logits" in used) == active
-        ]
-        pos = [comps.get(c) or inputs[c] for c in labels]
-        fig.add_trace(
-            go.Scatter(
-                x=[p[0] for p in pos], y=[p[1] for p in pos], mode="markers+text" if active else "markers",
-                text=labels, textposition="top center", hovertemplate="%{text}<extra></extra>",
-                marker={"size": 16 if active else 10, "color": "#333333" if active else "#dddddd", "symbol": "square"},
-                showlegend=False,
-            )
-        )  # fmt: skip
-    ident = circuit.identity
-    per_layer = 1 if ident.attn_only else 2
-    ticks = [0.0] + [1.0 + per_layer * layer for layer in range(ident.n_layers)] + [1.0 + per_layer * ident.n_layers]
-    tick_text = ["embed"] + [f"L{layer}" for layer in range(ident.n_layers)] + ["logits"]
-    title = title or f"circuit: {len(circuit)} edges of {circuit.graph.n_edges} ({ident.name})"
-    return style(
-        fig,
-        title,
-        height=max(350, 60 * ident.n_heads + 120),
-        xaxis={"tickvals": ticks, "ticktext": tick_text, "showgrid": False, "zeroline": False},
-        yaxis={"showticklabels": False, "showgrid": False, "zeroline": False},
-    )
 
 
 def curve_figure(result: Result) -> Any:
