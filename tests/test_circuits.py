@@ -12,6 +12,7 @@ from interpkit.attribution.graph import build_graph
 from interpkit.circuits import (
     Circuit,
     CircuitError,
+    CircuitWarning,
     EdgeRunner,
     acdc,
     curve_figure,
@@ -234,14 +235,36 @@ def test_discovery_input_errors(tiny_gpt2):
         discover_circuit(tiny_gpt2, task, select="greedyy", n_edges=3, direction="noise")
     with pytest.raises(CircuitError, match="eap-ig"):
         discover_circuit(tiny_gpt2, task, "eap-igg", n_edges=3, direction="noise")
-    with pytest.raises(CircuitError, match="n_edges"):
-        discover_circuit(tiny_gpt2, task, "eap", direction="noise")
+    with pytest.raises(CircuitError, match="n_edges or a target"):
+        discover_circuit(tiny_gpt2, task, "eap", n_edges=3, target=0.9, direction="noise")
+    with pytest.raises(CircuitError, match="target faithfulness must be"):
+        discover_circuit(tiny_gpt2, task, "eap", target=0.0, direction="noise")
+    with pytest.raises(CircuitError, match="n_edges must be an int"):
+        discover_circuit(tiny_gpt2, task, "eap", n_edges=2.5, direction="noise")
     with pytest.raises(CircuitError, match="n_edges"):
         discover_circuit(tiny_gpt2, task, "eap", n_edges=3, threshold=0.1, direction="noise")
     with pytest.raises(CircuitError, match="threshold"):
         discover_circuit(tiny_gpt2, task, "eap", select="threshold", direction="noise")
     with pytest.raises(CircuitError, match="tau"):
         discover_circuit(tiny_gpt2, task, select="acdc")
+
+
+def test_default_size_reaches_the_target_or_says_it_does_not(tiny_gpt2):
+    """No n_edges: the smallest top-n circuit reaching the target faithfulness, the curve searched in its meta."""
+    task = random_task(tiny_gpt2, n=3, pos=5, seed=4)
+    scores = edge_removal_scores(tiny_gpt2, task, "counterfactual")
+    circ = discover_circuit(tiny_gpt2, task, scores=scores, target=0.8)
+    meta = circ.meta
+    assert meta["reached"] and meta["faithfulness"] >= 0.8 and meta["ablation"] == "counterfactual"
+    curve = dict(zip(meta["curve"]["sizes"], meta["curve"]["faithfulness"], strict=True))
+    k = meta["n_edges_chosen"]
+    assert curve[k] == meta["faithfulness"] and all(v < 0.8 for size, v in curve.items() if size < k)
+    assert k - 1 in curve or k == 1  # the bracket was narrowed to one edge
+    rep = faithfulness(tiny_gpt2, task, circ, "counterfactual")
+    assert float(rep.scores[0]) == pytest.approx(meta["faithfulness"], abs=1e-5)
+    with pytest.warns(CircuitWarning, match="no circuit size reaches faithfulness 1.5"):
+        best = discover_circuit(tiny_gpt2, task, scores=scores, target=1.5)
+    assert not best.meta["reached"] and "no size reached" in best.meta["note"]
 
 
 def test_selections_on_given_scores(tiny_gpt2):

@@ -97,7 +97,7 @@ def _literal_edge(model, task, graph, s, r):
 
 
 def test_exact_edges_and_eap_run_on_the_new_kind(setup):
-    model, task, graph, default = setup
+    model, task, graph, _ = setup
     exact = ik.attribution.edge_scores(model, task, "exact", direction="noise", graph=graph)
     labels = exact.labels["edge"]
     assert exact.meta["graph"]["senders"] == SENDERS

@@ -171,14 +171,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     options: dict[str, Any] = _parse_params(args.option)
     if args.site is not None:
         options["site"] = args.site
+    if args.method != "dla":
+        options.setdefault("direction", args.direction)
     result = attribute(model, task, method=args.method, level=args.level, **options)
     for label, value in result.top(5):
         print(f"  {label:<30} {value:+.4f}")
     check = result.extras.get("check") if isinstance(result.extras, dict) else None
-    if isinstance(check, dict) and "spearman_vs_exact" in check:
-        print(
-            f"  rank correlation with exact patching on {check.get('n_components', '?')}: {check['spearman_vs_exact']:+.3f}"
-        )
+    if isinstance(check, dict) and "spearman" in check:
+        print(f"  rank correlation with exact patching on {check['n']} sampled: {check['spearman']:+.3f}")
     _write_outputs(args, result, f"Attribution: {args.method} ({args.level}) on {task.name}")
     return 0
 
@@ -197,10 +197,15 @@ def cmd_circuit(args: argparse.Namespace) -> int:
         circ = discover_circuit(model, task, select="acdc", tau=args.tau, ablation=args.ablation)
         scores = None
     else:
-        scores = attribute(model, task, method=args.method, level="edge", **options)
+        scores = attribute(model, task, method=args.method, level="edge", direction=args.direction, **options)
+        sized = args.n_edges is not None or args.threshold is not None
         circ = discover_circuit(
-            model, task, scores=scores, select=args.select, n_edges=args.n_edges, threshold=args.threshold
-        )
+            model, task, scores=scores, select=args.select, n_edges=args.n_edges, threshold=args.threshold,
+            target=None if sized else args.target, ablation=args.ablation,
+        )  # fmt: skip
+        if not sized:
+            state = "reaches" if circ.meta["reached"] else "is the most faithful found; none reaches"
+            print(f"  the smallest circuit found: {len(circ)} edges, {state} faithfulness {args.target}")
     rep = faithfulness(model, task, circ, ablation=args.ablation)
     out = Path(args.out)
     command = "interpkit " + " ".join(sys.argv[1:]) if sys.argv else None
@@ -213,6 +218,8 @@ def cmd_circuit(args: argparse.Namespace) -> int:
         ("Circuit", circ.figure()),
         ("Faithfulness", {"ablation": args.ablation, "edges": len(circ), "faithfulness": value}),
     ]
+    if "curve" in circ.meta:
+        sections.append(("Sizes searched (faithfulness of the pruned top-k)", circ.meta["curve"]))
     if scores is not None:
         sections.append(("Edge scores (top 20)", [{"edge": e, "score": round(v, 5)} for e, v in scores.top(20)]))
     write_report(out / "report.html", f"Circuit: {args.method} on {task.name}", sections, rep.provenance, command)
@@ -236,20 +243,31 @@ def _example(name: str) -> dict[str, Any]:
     return {"epilog": f"example:\n  {EXAMPLES[name]}", "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+def with_model(p: argparse.ArgumentParser, device_map: bool = True) -> None:
+    """The model options every model-loading subcommand takes."""
+    p.add_argument("--model", default="smollm2-135m", help="registry name, path or hub id (default: smollm2-135m)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    if device_map:
+        from interpkit.models._device_map import CLI_HELP
+
+        p.add_argument("--device-map", default=None, help=CLI_HELP)
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's own)")
+
+
+def with_task(p: argparse.ArgumentParser) -> None:
+    """The task options of the subcommands that run a task."""
+    p.add_argument("--task", required=True, help="induction, ioi, factual, greater-than, or a .jsonl file")
+    p.add_argument("--n", type=int, default=None, help="number of examples (generators only)")
+    p.add_argument("--seed", type=int, default=None, help="generator seed")
+    p.add_argument("--metric", default=None, help="logit_diff (default), logprob, prob, kl, accuracy")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra generator parameter")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interpkit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def with_model(p: argparse.ArgumentParser, device_map: bool = True) -> None:
-        p.add_argument("--model", default="smollm2-135m", help="registry name, path or hub id (default: smollm2-135m)")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-        if device_map:
-            from interpkit.models._device_map import CLI_HELP
-
-            p.add_argument("--device-map", default=None, help=CLI_HELP)
-        p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's own)")
 
     p = sub.add_parser("models", **_example("models"), help="list registry models and whether they load here")
     p.set_defaults(fn=cmd_models)
@@ -267,19 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_sites)
 
-    def with_task(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--task", required=True, help="induction, ioi, factual, greater-than, or a .jsonl file")
-        p.add_argument("--n", type=int, default=None, help="number of examples (generators only)")
-        p.add_argument("--seed", type=int, default=None, help="generator seed")
-        p.add_argument("--metric", default=None, help="logit_diff (default), logprob, prob, kl, accuracy")
-        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra generator parameter")
-
     p = sub.add_parser("run-task", **_example("run-task"), help="print a task's metric on the clean and corrupt runs")
     with_model(p)
     with_task(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(fn=cmd_run_task)
 
+    _add_analysis_parsers(sub)
+
+    from interpkit.cache.cli import add_parsers as add_cache_parsers
+
+    add_cache_parsers(sub, with_model)
+    from interpkit.probing.cli import add_parsers as add_probe_parsers
+
+    # The probe commands load their model themselves, without a device map: no --device-map there.
+    add_probe_parsers(sub, with_model)
+    return parser
+
+
+def _add_analysis_parsers(sub: Any) -> None:
+    """``patch``, ``attribute`` and ``circuit``."""
     p = sub.add_parser(
         "patch",
         **_example("patch"),
@@ -310,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", default="edge", help="node or edge (default: edge)")
     p.add_argument("--site", default=None, help="node level: the site kind (default: head_out)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option")
+    p.add_argument("--direction", default="denoise", help="denoise (default) or noise")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_attribute)
 
@@ -320,22 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     with_task(p)
     p.add_argument("--method", default="eap-ig", help="edge scores: eap, eap-ig (default) or exact")
     p.add_argument("--select", default="top_n", help="top_n (default), threshold, greedy or acdc")
-    p.add_argument("--n-edges", type=int, default=None, help="edges kept (top_n, greedy)")
+    p.add_argument("--n-edges", type=int, default=None, help="edges kept (top_n, greedy); default: see --target")
+    p.add_argument(
+        "--target", type=float, default=0.9, help="without --n-edges: the smallest circuit reaching this faithfulness"
+    )
+    p.add_argument("--direction", default="denoise", help="edge scores: denoise (default) or noise")
     p.add_argument("--threshold", type=float, default=None, help="|score| kept (threshold)")
     p.add_argument("--tau", type=float, default=None, help="ACDC's threshold on the metric change")
     p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG steps (default 5)")
-    p.add_argument("--ablation", default="mean", help="zero, mean (default), resample or counterfactual")
+    p.add_argument("--ablation", default="counterfactual", help="zero, mean, resample or counterfactual (default)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_circuit)
-
-    from interpkit.cache.cli import add_parsers as add_cache_parsers
-
-    add_cache_parsers(sub, with_model)
-    from interpkit.probing.cli import add_parsers as add_probe_parsers
-
-    # The probe commands load their model themselves, without a device map: no --device-map there.
-    add_probe_parsers(sub, with_model)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,11 +18,13 @@ from interpkit.circuits._faithfulness import faithfulness as faithfulness
 from interpkit.circuits._faithfulness import faithfulness_curve as faithfulness_curve
 from interpkit.circuits._faithfulness import stability as stability
 from interpkit.circuits._scores import edge_removal_scores as edge_removal_scores
+from interpkit.circuits._target import CircuitWarning as CircuitWarning
 from interpkit.plots import curve_figure as curve_figure
 
 __all__ = [
     "Circuit",
     "CircuitError",
+    "CircuitWarning",
     "EdgeRunner",
     "ModelIdentity",
     "acdc",

@@ -121,6 +121,18 @@ def greedy_mask(graph: Graph, matrix: torch.Tensor, n_edges: int) -> torch.Tenso
     return chosen
 
 
+def _check_sizes(select: str, n_edges: Any, threshold: Any, tau: Any, target: Any) -> None:
+    if tau is not None:
+        raise CircuitError(f"tau is ACDC's option; select={select!r} does not use it")
+    if select == "threshold":
+        if threshold is None or n_edges is not None or target is not None:
+            raise CircuitError("select='threshold' needs threshold (and no n_edges or target)")
+    elif threshold is not None or (n_edges is not None and target is not None):
+        raise CircuitError(f"select={select!r} takes n_edges or a target faithfulness (default 0.9), not both")
+    elif n_edges is not None and (isinstance(n_edges, bool) or not isinstance(n_edges, int) or n_edges < 0):
+        raise CircuitError(f"n_edges must be an int >= 0, got {n_edges!r}")
+
+
 def discover_circuit(
     model: Model,
     task: Task,
@@ -136,15 +148,21 @@ def discover_circuit(
     seed: int = 0,
     direction: str | None = None,
     graph: Graph | None = None,
+    target: float | None = None,
     **method_options: Any,
 ) -> Circuit:
     """A pruned circuit for ``task``: edges selected from ``method``'s scores, or found by ACDC.
 
+    With ``top_n`` or ``greedy`` and no ``n_edges``, the circuit is the smallest one found whose
+    faithfulness under ``ablation`` reaches ``target`` (default 0.9; see ``_target``): its size,
+    faithfulness and the curve searched are in ``circuit.meta``; where no size reaches the target,
+    the most faithful circuit found is returned with a ``CircuitWarning`` that says so.
     ``scores``: an edge attribution Result to select from instead of computing ``method``'s.
-    ``ablation`` and ``tau`` are used by ACDC; ``method_options`` go to
-    :func:`interpkit.attribution.eap.edge_scores` (``ig_steps``, ``direction``).
+    ``ablation`` is used by the target search and by ACDC (with ``tau``); ``method_options`` go to
+    :func:`interpkit.attribution.edge_scores` (``ig_steps``, ...).
 
     >>> circ = discover_circuit(model, task, "eap", select="greedy", n_edges=30)   # doctest: +SKIP
+    >>> circ = discover_circuit(model, task, target=0.8)                          # doctest: +SKIP
     >>> circ = discover_circuit(model, task, select="acdc", tau=0.01)              # doctest: +SKIP
     """
     if method == "acdc" and select == "top_n":
@@ -160,15 +178,7 @@ def discover_circuit(
         from interpkit.circuits._acdc import acdc
 
         return acdc(model, task, tau=float(tau), metric=metric, ablation=ablation, seed=seed, graph=graph)
-    if tau is not None:
-        raise CircuitError(f"tau is ACDC's option; select={select!r} does not use it")
-    if select == "threshold":
-        if threshold is None or n_edges is not None:
-            raise CircuitError("select='threshold' needs threshold (and no n_edges)")
-    elif n_edges is None or threshold is not None:
-        raise CircuitError(f"select={select!r} needs n_edges (and no threshold)")
-    elif int(n_edges) < 0:
-        raise CircuitError(f"n_edges must be >= 0, got {n_edges}")
+    _check_sizes(select, n_edges, threshold, tau, target)
     if scores is None:
         if method not in METHODS:
             raise unknown("edge method", str(method), METHODS, CircuitError)
@@ -182,11 +192,18 @@ def discover_circuit(
         meta["method"] = (scores.meta or {}).get("method", "given scores")
     graph = graph_of(model, scores, graph)
     matrix = score_matrix(model, scores, graph)
-    if select == "top_n":
-        mask = top_n_mask(graph, matrix, int(n_edges))
-    elif select == "greedy":
-        mask = greedy_mask(graph, matrix, int(n_edges))
-    else:
+    pick = {"top_n": top_n_mask, "greedy": greedy_mask}.get(select)
+    if select == "threshold":
         mask = (matrix.abs() >= float(threshold)) & graph.mask
+    elif n_edges is not None:
+        mask = pick(graph, matrix, n_edges)
+    else:
+        from interpkit.circuits._target import smallest_faithful
+
+        mask, found = smallest_faithful(
+            model, task, graph, lambda k: pick(graph, matrix, k), 0.9 if target is None else target, ablation,
+            metric, seed,
+        )  # fmt: skip
+        meta.update(found)
     meta.update({"n_edges_requested": n_edges, "threshold": threshold, "n_edges_selected": int(mask.sum())})
     return Circuit.from_mask(model, mask, matrix, meta, graph).prune()
