@@ -224,7 +224,7 @@ def test_every_gradient_result_carries_a_check(tiny_llama, method, level, option
     res = ik.attribute(tiny_llama, task, method=method, level=level, **options)
     chk = res.extras["check"]
     total = res.scores.numel()
-    assert chk["n"] == min(32, total) and len(chk["labels"]) == chk["n"]
+    assert chk["n"] == min(20, total) and len(chk["labels"]) == chk["n"]
     for key in ("spearman", "pearson"):
         assert -1.0 - 1e-9 <= chk[key] <= 1.0 + 1e-9
     assert "check" not in ik.attribute(tiny_llama, task, method=method, level=level, check=0, **options).extras
@@ -264,3 +264,33 @@ def test_ig_finds_the_previous_token_head_that_atp_misses(toy):
     assert abs(effect) > 2.0
     assert abs(linear - effect) > 0.5 * abs(effect)
     assert abs(integrated - effect) < 0.1 * abs(effect)
+
+
+def test_the_check_samples_the_largest_estimates_and_agrees_with_fresh_exact_patching(tiny_llama):
+    """The check reuses the method's runs; its exact values equal exact patching computed from scratch."""
+    from interpkit.attribution.edge_exact import exact_edges
+    from interpkit.attribution.honesty import THOROUGH
+
+    task = random_task(tiny_llama, n=4, pos=5, seed=2)
+    res = ik.attribution.edge_scores(tiny_llama, task, "eap", "noise", check=10)
+    chk, labels = res.extras["check"], res.labels["edge"]
+    assert chk["n"] == 10 and len(chk["examples"]) == 2
+    top = [labels[i] for i in torch.argsort(res.scores.abs(), descending=True)[:5].tolist()]
+    assert set(top) <= set(chk["labels"])  # half the sample is the largest scores
+    graph = build_graph(tiny_llama)
+    pairs = [graph.edge_index(label) for label in chk["labels"]]
+    lp = ik.runtime.baseline(tiny_llama, task, "logit_diff")["clean_logprobs"]
+    fresh = exact_edges(tiny_llama, task, graph, pairs, "noise", "logit_diff", lp, chk["examples"]).mean(-1)
+    torch.testing.assert_close(chk["exact"], fresh.float().cpu(), atol=1e-5, rtol=1e-5)
+    node = ik.attribution.atp(tiny_llama, task, site="head_out", check=6).extras["check"]
+    patched = ik.patch(tiny_llama, task, "head_out").extras["per_example"].reshape(-1, len(task))
+    names = ik.patch(tiny_llama, task, "head_out").labels
+    flat = [f"{lay}{h}" for lay in names["layer"] for h in names["head"]]
+    rows = [flat.index(label) for label in node["labels"]]
+    torch.testing.assert_close(node["exact"], patched[rows][:, node["examples"]].mean(-1), atol=1e-5, rtol=1e-5)
+    thorough = ik.attribution.atp(tiny_llama, task, check="thorough")
+    n_heads = thorough.scores.numel()  # fewer than THOROUGH[0] on a tiny model: every one is checked
+    assert thorough.extras["check"]["n"] == min(THOROUGH[0], n_heads) and len(thorough.extras["check"]["examples"]) == 4
+    for bad in (-1, 2.5, "some", True):
+        with pytest.raises(AttributionError, match="check must be"):
+            ik.attribution.atp(tiny_llama, task, check=bad)

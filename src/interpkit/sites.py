@@ -241,7 +241,7 @@ def expand(model: Model, names: Iterable[Any]) -> list[Any]:
     through. A pattern that matches nothing is a SiteError.
 
         >>> import interpkit as ik
-        >>> expand(ik.load_model("toy-induction"), ["resid_post", "L1H*"])
+        >>> expand(ik.load_model("toy-induction"), ["resid_post", "L1H?"])
         ['L0.resid_post', 'L1.resid_post', 'L1H0', 'L1H1', 'L1H2', 'L1H3']
     """
     import fnmatch

@@ -16,7 +16,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.attribution._errors import AttributionError
 from interpkit.graph import build_graph, sender_hooks, sender_outputs
 from interpkit.metrics import get as get_metric
 from interpkit.results import Result, make_provenance
@@ -44,7 +43,7 @@ class EdgeRun:
     source_acts: dict[str, torch.Tensor]
     delta: torch.Tensor | None  # (batch, pos, n_senders, d_model): source minus target output of each sender
     pairs: list[tuple[int, int]]  # every edge as (sender, receiver), graph order
-    sample: list[int]  # indices into pairs checked by exact patching
+    n_check: int  # edges checked by exact patching (0: no check)
     examples: list[int]  # the examples the check runs on
 
 
@@ -55,7 +54,7 @@ def setup_edges(
     metric: str | None,
     graph: Graph | None,
     *,
-    check: int,
+    check: int | str,
     seed: int,
     capture: bool = True,
     extra_hooks: Sequence[str] = (),
@@ -63,11 +62,10 @@ def setup_edges(
     """Validate, run both prompts once (capturing the senders' outputs unless ``capture=False``), and plan the check."""
     import torch
 
-    from interpkit.attribution.honesty import CHECK_EXAMPLES, sample_indices
+    from interpkit.attribution.honesty import check_size, sample_indices
 
     check_mode(direction, None)
-    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
-        raise AttributionError(f"check must be a number of edges >= 0 (0: off), got {check!r}")
+    n_check, n_examples = check_size(check)
     metric = metric or task.metric
     get_metric(metric)
     task = task.to(model.device)
@@ -95,32 +93,29 @@ def setup_edges(
         source_acts,
         delta,
         pairs,  # type: ignore[arg-type]
-        sample_indices(len(pairs), check, seed) if check else [],
-        sample_indices(len(task), CHECK_EXAMPLES, seed),
+        n_check,
+        sample_indices(len(task), n_examples, seed),
     )
 
 
 def linear_scores(run: EdgeRun, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Σ Δ_u · ∂m/∂x_v`` for every edge, and per example for the checked sample.
+    """``Σ Δ_u · ∂m/∂x_v`` for every edge, and per example on the check's examples.
 
     ``grads`` ``(batch, pos, n_receivers, d_model)`` carry the ``1/n`` of the mean metric. Returns
-    the ``(senders x receivers)`` matrix and ``(len(sample), len(examples))`` per-example estimates.
+    the ``(senders x receivers)`` matrix and ``(len(run.examples), senders, receivers)``.
     """
     import torch
 
     delta = run.delta
     assert delta is not None
-    dev = delta.device
     with torch.no_grad():
         # one (senders x receivers) GEMM over batch, position and d_model, in the model's float
         # precision (float32 sums over ~1e5 products agree with float64 to ~1e-6 relative)
         dt = torch.promote_types(delta.dtype, torch.float32)
         matrix = torch.einsum("bpsd,bprd->sr", delta.to(dt), grads.to(dt)).float()
-        ex = torch.tensor(run.examples, dtype=torch.long, device=dev)
-        ss = torch.tensor([run.pairs[i][0] for i in run.sample], dtype=torch.long, device=dev)
-        rs = torch.tensor([run.pairs[i][1] for i in run.sample], dtype=torch.long, device=dev)
-        per = (delta[ex][:, :, ss].double() * grads[ex][:, :, rs].double()).sum((1, 3)) * len(run.task)
-    return matrix, per.T.float()
+        ex = torch.tensor(run.examples, dtype=torch.long, device=delta.device)
+        per = torch.einsum("bpsd,bprd->bsr", delta[ex].double(), grads[ex].double()) * len(run.task)
+    return matrix, per.float()
 
 
 def finish_edges(
@@ -128,28 +123,38 @@ def finish_edges(
     run: EdgeRun,
     matrix: torch.Tensor,
     method: str,
-    checked: torch.Tensor | None,
+    per_example: torch.Tensor | None,
     *,
     seed: int,
     meta: dict[str, Any] | None = None,
 ) -> Result:
     """The Result of an edge method's ``(senders x receivers)`` matrix, with its honesty check.
 
-    ``checked`` ``(len(run.sample), len(run.examples))``: the method's own per-example estimates of
-    the sampled edges, compared with exact patching of the same edges on the same examples.
+    ``per_example`` ``(len(run.examples), senders, receivers)``: the method's own estimates on the
+    check's examples; a sample of edges (half the largest |score|) is patched exactly on the same
+    examples and compared with them. The exact rows reuse each sender's change from the method's runs.
     """
+    import torch
+
     from interpkit.attribution.edge_exact import exact_edges
-    from interpkit.attribution.honesty import summary
+    from interpkit.attribution.honesty import pick_sample, summary
 
     graph = run.graph
     labels = graph.edge_labels()
     extras: dict[str, Any] = {"matrix": matrix.cpu()}
-    if run.sample and checked is not None:
+    if run.n_check and per_example is not None:
+        sample = pick_sample(matrix[graph.mask], run.n_check, seed)
+        pairs = [run.pairs[i] for i in sample]
+        ss = torch.tensor([s for s, _ in pairs], device=per_example.device)
+        rs = torch.tensor([r for _, r in pairs], device=per_example.device)
+        checked = per_example[:, ss, rs].T  # (edges, examples)
+        ex = torch.tensor(run.examples, device=model.device)
+        delta = None if run.delta is None else run.delta[ex]
         exact = exact_edges(
-            model, run.task, graph, [run.pairs[i] for i in run.sample], run.direction, run.metric,
-            run.base["clean_logprobs"], run.examples,
+            model, run.task, graph, pairs, run.direction, run.metric, run.base["clean_logprobs"], run.examples,
+            delta=delta,
         )  # fmt: skip
-        extras["check"] = summary(checked.mean(-1), exact.mean(-1), [labels[i] for i in run.sample], seed, run.examples)
+        extras["check"] = summary(checked.mean(-1), exact.mean(-1), [labels[i] for i in sample], seed, run.examples)
     return Result(
         scores=matrix[graph.mask].cpu(),
         dims=("edge",),

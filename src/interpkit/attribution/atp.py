@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from interpkit.attribution._errors import AttributionError as AttributionError
 from interpkit.attribution._errors import no_gradient as no_gradient
-from interpkit.attribution.honesty import DEFAULT_SAMPLE, node_check
+from interpkit.attribution.honesty import DEFAULT_SAMPLE, check_size, node_check
 from interpkit.attribution.honesty import spearman as spearman
 from interpkit.hooks import hooks
 from interpkit.metrics import get as get_metric
@@ -104,8 +104,10 @@ def setup(
     positions: Sequence[int] | None,
     metric: str | None,
     extra_hooks: Sequence[str] = (),
+    check: Any = 0,
 ) -> NodeRun:
-    """Plan the sweep ``ik.patch`` would run and cache the site on both runs."""
+    """Plan the sweep ``ik.patch`` would run and cache the site on both runs (``check`` is validated first)."""
+    check_size(check)
     check_mode(direction, None)
     metric = metric or task.metric
     get_metric(metric)
@@ -150,7 +152,7 @@ def finish(
     run: NodeRun,
     estimate: torch.Tensor,
     method: str,
-    check: int,
+    check: int | str,
     seed: int,
     meta: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
@@ -177,10 +179,12 @@ def finish(
         extras={"per_example": per_example, **(extras or {})},
         provenance=make_provenance(model, run.task, seed),
     )
-    if check:
+    if check_size(check)[0]:
+        target = run.base["corrupt"] if run.direction == "denoise" else run.base["clean"]
         result.extras["check"] = node_check(
-            model, run.task, plan, estimate, run.direction, run.metric, run.base["clean_logprobs"], check, seed
-        )
+            model, run.task, plan, estimate, run.direction, run.metric, run.base["clean_logprobs"], check, seed,
+            target, run.source_acts,
+        )  # fmt: skip
     return result
 
 
@@ -194,7 +198,7 @@ def atp(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     metric: str | None = None,
-    check: int = DEFAULT_SAMPLE,
+    check: int | str = DEFAULT_SAMPLE,
     seed: int = 0,
 ) -> Result:
     """AtP estimate of ``ik.patch(model, task, site, per_position, direction)`` for every patch.
@@ -202,7 +206,7 @@ def atp(
     ``check``: size of the seeded sample of components also patched exactly; the correlations
     land in ``extras["check"]`` (0 turns the check off).
     """
-    run = setup(model, task, site, per_position, direction, layers, positions, metric)
+    run = setup(model, task, site, per_position, direction, layers, positions, metric, check=check)
     grads, target_values = target_gradients(
         model, run.task, run.target, run.names, run.metric, run.base["clean_logprobs"]
     )

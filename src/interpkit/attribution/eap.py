@@ -36,16 +36,16 @@ def eap(
     direction: str = "denoise",
     *,
     metric: str | None = None,
-    check: int = DEFAULT_SAMPLE,
+    check: int | str = DEFAULT_SAMPLE,
     seed: int = 0,
     graph: Graph | None = None,
 ) -> Result:
     """EAP scores of every edge of ``graph`` (default: ``interpkit.graph.build_graph(model)``).
 
-    ``check``: exact patching of a seeded sample of that many edges, correlated with the estimate
-    in ``extras["check"]`` (0: off).
+    ``check``: exact patching of a sample of that many edges (half the largest scores), correlated
+    with the estimate in ``extras["check"]`` (0: off; ``"thorough"``: 128 edges on 8 examples).
     """
     run = setup_edges(model, task, direction, metric, graph, check=check, seed=seed)
     grads = receiver_gradients(model, run.task, run.target, run.metric, run.base["clean_logprobs"], graph=run.graph)
-    matrix, checked = linear_scores(run, grads)
-    return finish_edges(model, run, matrix, "eap", checked, seed=seed)
+    matrix, per_example = linear_scores(run, grads)
+    return finish_edges(model, run, matrix, "eap", per_example, seed=seed)

@@ -49,7 +49,7 @@ def eap_ig_act(
     *,
     ig_steps: int = 5,
     metric: str | None = None,
-    check: int = DEFAULT_SAMPLE,
+    check: int | str = DEFAULT_SAMPLE,
     seed: int = 0,
     graph: Graph | None = None,
 ) -> Result:
@@ -59,16 +59,16 @@ def eap_ig_act(
     check_steps(ig_steps)
     resid = [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)]
     run = setup_edges(model, task, direction, metric, graph, check=check, seed=seed, extra_hooks=resid)
-    matrix, checked = activation_ig_matrix(model, run, ig_steps)
+    matrix, per_example = activation_ig_matrix(model, run, ig_steps)
     meta = {"variant": "activations", "ig_steps": ig_steps, "ig_rule": "right (alpha = k/m)"}
-    return finish_edges(model, run, matrix, "eap-ig", checked, seed=seed, meta=meta)
+    return finish_edges(model, run, matrix, "eap-ig", per_example, seed=seed, meta=meta)
 
 
 def activation_ig_matrix(model: Model, run: EdgeRun, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(senders x receivers) EAP-IG scores with each sender group's activations interpolated.
 
-    Also returns the per-example scores ``(len(run.sample), len(run.examples))`` of the sampled
-    edges (what the honesty check compares with exact patching).
+    Also returns the per-example scores ``(len(run.examples), senders, receivers)`` on the check's
+    examples (what the honesty check compares with exact patching).
     """
     import torch
 
@@ -80,9 +80,8 @@ def activation_ig_matrix(model: Model, run: EdgeRun, steps: int) -> tuple[torch.
     alphas = torch.arange(1, steps + 1, device=model.device, dtype=torch.float32) / steps
     example = torch.arange(n, device=model.device).repeat(steps)
     alpha = alphas.repeat_interleave(n)
-    pairs = [run.pairs[i] for i in run.sample]
     ex_check = torch.tensor(list(run.examples), dtype=torch.long, device=model.device)
-    checked = torch.zeros(len(pairs), len(ex_check), device=model.device)
+    per_example = torch.zeros(len(ex_check), len(graph.senders), len(graph.receivers), device=model.device)
     for group in graph.sender_groups:
         total = torch.zeros(n, n_pos, len(graph.receivers), delta.shape[-1], device=model.device)
         step = _group_step(model, run, group, mode, total, example, alpha)
@@ -91,11 +90,9 @@ def activation_ig_matrix(model: Model, run: EdgeRun, steps: int) -> tuple[torch.
         senders = list(range(group.lo, group.hi))
         d = delta[:, :, senders].double()  # (b, p, |G|, d_model)
         matrix[senders] = torch.einsum("bpsd,bprd->sr", d, total.double()) / (n * steps)
-        for k, (s_idx, r_idx) in enumerate(pairs):
-            if group.lo <= s_idx < group.hi:
-                per = (delta[ex_check, :, s_idx].double() * total[ex_check, :, r_idx].double()).sum((1, 2))
-                checked[k] = (per / steps).float()
-    return matrix.float(), checked
+        per = torch.einsum("bpsd,bprd->bsr", delta[ex_check][:, :, senders].double(), total[ex_check].double())
+        per_example[:, senders] = (per / steps).float()
+    return matrix.float(), per_example
 
 
 def _group_step(

@@ -46,7 +46,7 @@ def eap_ig(
     ig_steps: int = 5,
     variant: str = "inputs",
     metric: str | None = None,
-    check: int = DEFAULT_SAMPLE,
+    check: int | str = DEFAULT_SAMPLE,
     seed: int = 0,
     graph: Graph | None = None,
 ) -> Result:
@@ -67,6 +67,6 @@ def eap_ig(
     grads = receiver_gradients(
         model, run.task, run.target, run.metric, run.base["clean_logprobs"], path, graph=run.graph
     )
-    matrix, checked = linear_scores(run, grads)
+    matrix, per_example = linear_scores(run, grads)
     meta = {"variant": "inputs", "ig_steps": ig_steps, "ig_rule": "right (alpha = k/m)"}
-    return finish_edges(model, run, matrix, "eap-ig", checked, seed=seed, meta=meta)
+    return finish_edges(model, run, matrix, "eap-ig", per_example, seed=seed, meta=meta)

@@ -100,8 +100,13 @@ def exact_edges(
     examples: Sequence[int] | None = None,
     *,
     batch_size: int | None = None,
+    delta: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Metric change of patching each edge ``(sender, receiver)`` alone: ``(len(pairs), len(examples))``."""
+    """Metric change of patching each edge ``(sender, receiver)`` alone: ``(len(pairs), len(examples))``.
+
+    ``delta`` ``(len(examples), pos, n_senders, d_model)``: each sender's change between the runs on
+    those examples, when the caller has it (then only the target run's layer inputs are captured).
+    """
     import torch
 
     sel = list(range(len(task))) if examples is None else list(examples)
@@ -111,10 +116,17 @@ def exact_edges(
     logprobs = clean_logprobs[torch.tensor(sel, device=clean_logprobs.device)]
     c = model.cfg
     resid = [f"blocks.{lay}.hook_resid_pre" for lay in range(c.n_layers)]
-    target_acts, target_logits = capture(model, target, [*sender_hooks(graph), *resid])
-    source_acts, _ = capture(model, source, sender_hooks(graph))
+    if delta is None:
+        target_acts, target_logits = capture(model, target, [*sender_hooks(graph), *resid])
+        source_acts, _ = capture(model, source, sender_hooks(graph))
+        with torch.inference_mode():
+            delta = sender_outputs(model, graph, source_acts) - sender_outputs(
+                model, graph, target_acts
+            )  # (b, p, S, d)
+    else:
+        target_acts, target_logits = capture(model, target, resid)
+        delta = delta[:, : sub.n_pos].to(model.device)
     with torch.inference_mode():
-        delta = sender_outputs(model, graph, source_acts) - sender_outputs(model, graph, target_acts)  # (b, p, S, d)
         rows0 = torch.arange(len(sel), device=model.device)
         fn_base = target_logits[rows0, sub.answer_pos]
     from interpkit.metrics import get as get_metric
