@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import interpkit as ik
+import interpkit.batching as batching
 import interpkit.patching._path as path
 import interpkit.runtime._baseline as baseline_mod
-import interpkit.runtime._batch as batching
 import interpkit.runtime._rows as rows
 from interpkit.patching import ablate, path_patch
 from interpkit.runtime import Batcher, PatchingError, auto_rows, sweep

@@ -38,9 +38,26 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         try:
             params[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             params[key] = value
     return params
+
+
+def check_out_dir(out: str) -> None:
+    """Refuse an output folder that cannot be written, before any work is done (not after a long sweep)."""
+    import os
+    from pathlib import Path
+
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InterpkitError(f"--out {out!r} is a file, not a folder: choose another --out")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InterpkitError(f"--out {out!r} lies inside {str(parent)!r}, which is a file: choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InterpkitError(f"--out {out!r}: the folder {str(parent)!r} is not writable")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -144,6 +161,7 @@ def _summary(result: Any) -> dict[str, Any]:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     from interpkit.patching import patch
 
     model = _load(args)
@@ -164,6 +182,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     from interpkit.attribution import attribute
 
     model = _load(args)
@@ -190,6 +209,7 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     from interpkit.circuits import discover_circuit, faithfulness
     from interpkit.plots.report import write_report
 
+    check_out_dir(args.out)
     model = _load(args)
     task = _task_from_args(args, model)
     options: dict[str, Any] = {"ig_steps": args.ig_steps} if args.method == "eap-ig" else {}

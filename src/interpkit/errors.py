@@ -69,3 +69,60 @@ def unknown(kind: str, name: str, choices: Iterable[str], error: type[InterpkitE
     hint = f"; closest: {', '.join(near)}" if near else ""
     shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
     return error(f"unknown {kind} {name!r}{hint}. Valid {kind}s: {shown}")
+
+
+class NonFiniteError(InterpkitError):
+    """A model's weights or outputs are NaN or infinite (broken weights, or an overflowing dtype)."""
+
+
+def check_int(
+    value: object,
+    name: str,
+    error: type[InterpkitError] = InterpkitError,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """``value`` as an int, or ``error`` naming ``name``: bools, floats and strings are refused, not coerced.
+
+    >>> check_int(4, "batch_size", minimum=1)
+    4
+    >>> check_int(True, "batch_size", minimum=1)
+    Traceback (most recent call last):
+    ...
+    interpkit.errors.InterpkitError: batch_size must be an int, got True (bool)
+    """
+    import numbers
+
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise error(f"{name} must be an int, got {value!r:.60} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise error(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise error(f"{name} must be at most {maximum:,}, got {value:,}")
+    return value
+
+
+def check_text(text: object, what: str, error: type[InterpkitError] = InterpkitError) -> str:
+    """``text`` if it is a string a tokenizer can encode (UTF-8: no lone surrogates), else ``error``.
+
+    >>> check_text("When Mary", "clean")
+    'When Mary'
+    >>> check_text("a \\udc80 b", "clean")
+    Traceback (most recent call last):
+    ...
+    interpkit.errors.InterpkitError: clean is not valid Unicode text: a lone surrogate '\\udc80' at character 2
+    """
+    if not isinstance(text, str):
+        raise error(f"{what} must be a string, got {type(text).__name__} {text!r:.60}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(
+            f"{what} is not valid Unicode text: a lone surrogate {text[exc.start]!r} at character {exc.start}"
+        ) from None
+    return text

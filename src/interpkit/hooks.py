@@ -60,21 +60,24 @@ def hooks(
     """Register forward hooks ``(name, fn(act, hook))`` and gradient hooks ``(name, fn(grad, name))``.
 
     Every hook is removed on exit, also when the body raises. Hook names may be any alias of a
-    hook point; unknown names raise a SiteError before anything is registered.
+    hook point; unknown names raise a SiteError before anything is registered. The body holds
+    ``model.lock``, so another thread's forward on the same model waits for it (and never sees
+    these hooks).
     """
     planned = [(model.resolve_hook(name), fn) for name, fn in fwd]
     planned += [(model.resolve_hook(name), _grad_forward_hook(model.resolve_hook(name), fn)) for name, fn in grad]
     registered: list[tuple[Any, Any]] = []
-    try:
-        for name, fn in planned:
-            point = model.bridge.hook_dict[name]
-            # alias_names makes hook.name the canonical name, not the bridge's structural one.
-            registered.append((point, point.add_hook(fn, dir="fwd", alias_names=[name])))
-        yield
-    finally:
-        for point, handle in reversed(registered):
-            handle.hook.remove()
-            point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+    with getattr(model, "lock", None) or contextlib.nullcontext():
+        try:
+            for name, fn in planned:
+                point = model.bridge.hook_dict[name]
+                # alias_names makes hook.name the canonical name, not the bridge's structural one.
+                registered.append((point, point.add_hook(fn, dir="fwd", alias_names=[name])))
+            yield
+        finally:
+            for point, handle in reversed(registered):
+                handle.hook.remove()
+                point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
 
 
 def run_with_hooks(

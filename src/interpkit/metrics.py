@@ -88,6 +88,10 @@ HIGHER_IS_CLEAN = {"logit_diff": True, "logprob": True, "prob": True, "kl": Fals
 
 def get(name: str) -> MetricFn:
     """The metric function called ``name``; TaskError listing the choices otherwise."""
+    if not isinstance(name, str):
+        raise TaskError(
+            f"metric must be a name, got {name!r:.40} ({type(name).__name__}); choose one of {', '.join(METRICS)}"
+        )
     if name not in METRICS:
         raise unknown("metric", name, METRICS, TaskError)
     return METRICS[name]
@@ -125,8 +129,31 @@ def normalise(
     return (value - corrupt) / denominator
 
 
+def check_finite_run(final: torch.Tensor, run: str, task: Task) -> None:
+    """NonFiniteError when a run's answer-position logits ``(batch, d_vocab)`` hold NaN or infinity.
+
+    Every metric of such a run is NaN: this says so once, naming the run and the first example,
+    instead of a NaN result (or a patch blamed for it).
+    """
+    import torch
+
+    from interpkit.errors import NonFiniteError
+
+    bad = (~torch.isfinite(final)).any(-1).nonzero()
+    if bad.numel():
+        raise NonFiniteError(
+            f"the {run} run of task {task.name!r} gives non-finite logits (NaN or inf) on {bad.numel()} of "
+            f"{final.shape[0]} examples, first example {int(bad[0, 0])}: the model's weights, or its dtype "
+            "(overflow in float16), produce them; every metric would be NaN"
+        )
+
+
 def clean_and_corrupt(model: Model, task: Task, metric: str | None = None) -> dict[str, object]:
     """Run the task's clean and corrupt prompts; per-example and mean metric for each.
+
+    The prompts go in row chunks sized from free memory (halved on out-of-memory), and only
+    the answer position's logits are kept, so memory does not grow with the task. A run with
+    non-finite logits is a NonFiniteError.
 
     >>> vals = clean_and_corrupt(model, task)                     # doctest: +SKIP
     >>> vals["clean"], vals["corrupt"]                           # doctest: +SKIP
@@ -134,13 +161,27 @@ def clean_and_corrupt(model: Model, task: Task, metric: str | None = None) -> di
     """
     import torch
 
+    from interpkit.batching import Batcher, auto_rows
+
     name = metric or task.metric
-    get(name)
-    with torch.inference_mode():
-        clean_logits = model(task.clean, attention_mask=task.attention_mask)
-        corrupt_logits = model(task.corrupt, attention_mask=task.attention_mask)
-        clean_values = evaluate(clean_logits, task, name, clean_logits)
-        corrupt_values = evaluate(corrupt_logits, task, name, clean_logits)
+    fn = get(name)
+    task = task.to(model.device)
+    model.check_tokens(task.clean)
+    batcher = Batcher(auto_rows(model, task.n_pos))
+
+    def final(tokens: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            parts = batcher.run(0, len(task), lambda a, b: model.answer_logits(tokens[a:b], task.answer_pos[a:b]))
+        return torch.cat(parts)
+
+    clean_final = final(task.clean)
+    check_finite_run(clean_final, "clean", task)
+    corrupt_final = final(task.corrupt)
+    check_finite_run(corrupt_final, "corrupt", task)
+    clean_lp = clean_final.float().log_softmax(-1)
+    answer, wrong = task.answer.to(clean_final.device), task.wrong.to(clean_final.device)
+    clean_values = fn(clean_final, answer, wrong, clean_lp)
+    corrupt_values = fn(corrupt_final, answer, wrong, clean_lp)
     return {
         "metric": name,
         "clean": float(clean_values.mean()),

@@ -100,9 +100,12 @@ def _encode_tensor(t: torch.Tensor) -> dict[str, Any]:
 def _decode_tensor(obj: dict[str, Any]) -> torch.Tensor:
     import torch
 
-    dtype = getattr(torch, obj["dtype"], None)
+    dtype = getattr(torch, obj["dtype"], None) if isinstance(obj.get("dtype"), str) else None
     if not isinstance(dtype, torch.dtype):
-        raise ResultError(f"unknown tensor dtype {obj['dtype']!r} in result file")
+        raise ResultError(f"unknown tensor dtype {obj.get('dtype')!r:.40} in result file")
+    shape = obj.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ResultError(f"malformed tensor in result file: shape {shape!r:.60} is not a list of sizes")
     values = obj["values"]
     if dtype.is_floating_point:
         values = _map_floats(values, lambda x: _NON_FINITE.get(x, x) if isinstance(x, str) else x)
@@ -168,17 +171,49 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ResultError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a result is an ordinary file
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, permissions: nothing half-written is left under the name
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _check_decoded(decoded: dict[str, Any]) -> None:
+    """ResultError unless the decoded fields have the types a Result holds."""
+    import torch
+
+    if not isinstance(decoded["scores"], torch.Tensor):
+        raise ResultError(f"malformed result: scores must be a tensor, got {type(decoded['scores']).__name__}")
+    dims = decoded["dims"]
+    if not isinstance(dims, list) or not all(isinstance(d, str) for d in dims):
+        raise ResultError(f"malformed result: dims must be a list of names, got {dims!r:.80}")
+    labels = decoded.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in labels.values()
+    ):
+        raise ResultError("malformed result: labels must map each dim to a list of strings")
+    for key in ("meta", "extras", "provenance"):
+        if not isinstance(decoded.get(key, {}), dict):
+            raise ResultError(f"malformed result: {key} must be an object")
+    for key in ("metric", "kind"):
+        if decoded.get(key) is not None and not isinstance(decoded[key], str):
+            raise ResultError(f"malformed result: {key} must be a string")
+    for key in ("clean_value", "corrupt_value"):
+        value = decoded.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ResultError(f"malformed result: {key} must be a number")
 
 
 @dataclasses.dataclass
@@ -243,10 +278,22 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
+        """The Result ``to_dict`` wrote; a ResultError naming what is malformed otherwise."""
+        if not isinstance(data, dict):
+            raise ResultError(f"not an interpkit result: a JSON {type(data).__name__}, not an object")
         if data.get("format") != FORMAT:
             raise ResultError(f"not an interpkit result (format {data.get('format')!r}, expected {FORMAT!r})")
         fields = {f.name for f in dataclasses.fields(cls)}
-        decoded = _decode({k: v for k, v in data.items() if k in fields})
+        missing = [k for k in ("scores", "dims") if k not in data]
+        if missing:
+            raise ResultError(f"malformed result: missing {missing}")
+        try:
+            decoded = _decode({k: v for k, v in data.items() if k in fields})
+        except ResultError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError) as exc:
+            raise ResultError(f"malformed result: a value cannot be read ({type(exc).__name__}: {exc})") from None
+        _check_decoded(decoded)
         decoded["dims"] = tuple(decoded["dims"])
         return cls(**decoded)
 
@@ -258,9 +305,16 @@ class Result:
     def from_json(cls, path: str | os.PathLike) -> Result:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ResultError(f"cannot read result file {str(path)!r}: {exc}") from exc
-        return cls.from_dict(data)
+        except RecursionError:
+            raise ResultError(f"cannot read result file {str(path)!r}: JSON nested too deeply") from None
+        try:
+            return cls.from_dict(data)
+        except ResultError as exc:
+            raise ResultError(f"result file {str(path)!r}: {exc}") from None
+        except RecursionError:
+            raise ResultError(f"result file {str(path)!r}: values nested too deeply") from None
 
     def figure(self, **kwargs: Any) -> Any:
         """A plotly figure of the scores: the one registered for this result's kind, else a heatmap (2-D) or bars (1-D)."""

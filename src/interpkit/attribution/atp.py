@@ -31,7 +31,6 @@ from interpkit.attribution._errors import AttributionError as AttributionError
 from interpkit.attribution._errors import no_gradient as no_gradient
 from interpkit.attribution.honesty import DEFAULT_SAMPLE, check_size, node_check
 from interpkit.attribution.honesty import spearman as spearman
-from interpkit.hooks import hooks
 from interpkit.metrics import get as get_metric
 from interpkit.results import Result, make_provenance
 from interpkit.runtime import Plan, baseline, check_mode, make_plan, patch_mask, str_tokens
@@ -53,27 +52,46 @@ def grad_rows(model: Model, n_pos: int) -> int:
 def target_gradients(
     model: Model, task: Task, tokens: torch.Tensor, names: Sequence[str], metric: str, clean_logprobs: torch.Tensor
 ) -> tuple[dict, torch.Tensor]:
-    """Gradient of the summed per-example metric w.r.t. each hook's activation on ``tokens``."""
+    """Gradient of the summed per-example metric w.r.t. each hook's activation on ``tokens``.
+
+    Rows go in chunks sized from free memory (halved on out-of-memory); only the answer position is
+    unembedded, and only the gradients asked for are computed (``torch.autograd.grad``: none of the
+    weights' gradients a ``backward()`` would accumulate).
+    """
     import torch
 
-    grads: dict[str, torch.Tensor] = {}
-
-    def keep(grad: torch.Tensor, name: str) -> None:
-        grads[name] = grad.detach().clone()
+    from interpkit.runtime import Batcher, forward_final
 
     fn = get_metric(metric)
-    with torch.enable_grad(), hooks(model, grad=[(n, keep) for n in names]):
-        logits = model.bridge(tokens).to(model.device)
-        rows = torch.arange(len(task), device=logits.device)
-        values = fn(logits[rows, task.answer_pos], task.answer, task.wrong, clean_logprobs)
-        if not values.requires_grad:
-            raise no_gradient(metric)
-        values.sum().backward()
-    model.bridge.zero_grad(set_to_none=True)
-    missing = [n for n in names if n not in grads]
-    if missing:
-        raise AttributionError(f"no gradient reached {missing[:3]}: the metric does not depend on them")
-    return grads, values.detach()
+    canonical = [model.resolve_hook(n) for n in names]
+
+    def run(a: int, b: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if not act.requires_grad:  # frozen weights: the first site becomes a leaf, the rest follow from it
+                act = act.detach().requires_grad_(True)
+            kept[hook.name] = act
+            return act
+
+        with torch.enable_grad():
+            final = forward_final(model, tokens[a:b], None, task.answer_pos[a:b], [(n, keep) for n in canonical])
+            values = fn(final, task.answer[a:b], task.wrong[a:b], clean_logprobs[a:b])
+            if not values.requires_grad:
+                raise no_gradient(metric)
+            missing = [n for n in canonical if n not in kept or not kept[n].requires_grad]
+            if missing:
+                raise AttributionError(f"no gradient reached {missing[:3]}: the metric does not depend on them")
+            found = torch.autograd.grad(values.sum(), [kept[n] for n in canonical], allow_unused=True)
+        if any(g is None for g in found):
+            raise AttributionError("no gradient reached some sites: the metric does not depend on them")
+        return [g.detach() for g in found], values.detach()
+
+    parts = Batcher(grad_rows(model, task.n_pos)).run(0, len(task), run)
+    grads = {n: torch.cat([p[0][i] for p in parts]) for i, n in enumerate(canonical)}
+    for name, canon in zip(names, canonical, strict=True):
+        grads[name] = grads[canon]
+    return grads, torch.cat([p[1] for p in parts])
 
 
 @dataclasses.dataclass

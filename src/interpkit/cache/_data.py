@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interpkit.cache._errors import CacheError, CacheWarning
+from interpkit.errors import check_text
 
 if TYPE_CHECKING:
     from interpkit.models import Model
@@ -69,34 +70,51 @@ def _rows_of_dataset(ds: Any, field: str, where: str) -> Iterator[Any]:
     raise CacheError(f"{where} has no {field!r} column (columns: {', '.join(columns)}); choose one with text_field=")
 
 
-def _rows_of_jsonl(path: Path, field: str) -> Iterator[Any]:
-    with open(path, encoding="utf-8") as fh:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file; a leading byte order mark is skipped (as task files skip
+    it), and a byte that is not UTF-8 is a CacheError naming its line."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as fh:
         for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CacheError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-            if isinstance(obj, str):
-                yield obj
-                continue
-            if not isinstance(obj, dict):
-                raise CacheError(f"{path}, line {number}: expected an object with a {field!r} field")
-            for name in (field, "ids", "input_ids"):
-                if name in obj:
-                    yield obj[name]
-                    break
-            else:
-                raise CacheError(f"{path}, line {number}: no {field!r} field (keys: {', '.join(obj)})")
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:  # undecodable bytes come back as lone surrogates
+                byte = ord(line[exc.start]) - 0xDC00
+                raise CacheError(
+                    f"{path}, line {number}: not valid UTF-8 (byte {byte:#04x} at column {exc.start + 1})"
+                ) from None
+            yield number, line.rstrip("\n").rstrip("\r")
+
+
+def _rows_of_jsonl(path: Path, field: str) -> Iterator[Any]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CacheError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise CacheError(f"{path}, line {number}: not valid JSON (nested too deeply)") from None
+        if isinstance(obj, str):
+            yield check_text(obj, f"{path}, line {number}", CacheError)
+            continue
+        if not isinstance(obj, dict):
+            raise CacheError(f"{path}, line {number}: expected an object with a {field!r} field")
+        for name in (field, "ids", "input_ids"):
+            if name in obj:
+                value = obj[name]
+                yield (
+                    check_text(value, f"{path}, line {number}: {name}", CacheError) if isinstance(value, str) else value
+                )
+                break
+        else:
+            raise CacheError(f"{path}, line {number}: no {field!r} field (keys: {', '.join(obj)})")
 
 
 def _rows_of_text(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.rstrip("\n").rstrip("\r")
-            if line.strip():
-                yield line
+    for _, line in _lines(path):
+        if line.strip():
+            yield line
 
 
 def rows(data: Any, text_field: str = "text", split: str | None = None) -> Iterator[Any]:
@@ -126,6 +144,27 @@ def rows(data: Any, text_field: str = "text", split: str | None = None) -> Itera
     yield from data
 
 
+def _token_ids(row: Any, index: int) -> list[int]:
+    """A row of token ids as ints; bools, floats, dicts and strings are refused, never coerced."""
+    import numbers
+
+    import torch
+
+    if isinstance(row, torch.Tensor):
+        if row.dtype.is_floating_point or row.dtype == torch.bool or row.is_complex():
+            raise CacheError(f"example {index}: token ids must be integers, got a {row.dtype} tensor")
+        return row.reshape(-1).tolist()
+    if isinstance(row, (bytes, dict, set, frozenset)) or not isinstance(row, Iterable):
+        raise CacheError(f"example {index} is neither a text nor a list of token ids: {row!r:.80}")
+    ids = list(row)
+    for i, item in enumerate(ids):
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise CacheError(
+                f"example {index}: token ids must be ints; item {i} is {item!r:.40} ({type(item).__name__})"
+            )
+    return [int(i) for i in ids]
+
+
 def describe(data: Any) -> str:
     """A short, stable description of the data source for the manifest."""
     if isinstance(data, (str, os.PathLike)):
@@ -147,7 +186,6 @@ def examples(
     stats: dict[str, int] | None = None,
 ) -> Iterator[list[int]]:
     """Token ids of each example, truncated per ``too_long``; stops at ``max_tokens`` in all."""
-    import torch
 
     if too_long not in TOO_LONG:
         raise CacheError(f"too_long={too_long!r} is not one of {', '.join(TOO_LONG)}")
@@ -158,16 +196,11 @@ def examples(
     for index, row in enumerate(rows(data, text_field, split)):
         if isinstance(row, str):
             tok = model._need_tokenizer()
-            ids = tok.encode(row, add_special_tokens=False)
+            ids = tok.encode(check_text(row, f"example {index}", CacheError), add_special_tokens=False)
             if bos:
                 ids = [tok.bos_token_id, *ids]
-        elif isinstance(row, torch.Tensor):
-            ids = row.reshape(-1).tolist()
         else:
-            try:
-                ids = [int(i) for i in row]
-            except (TypeError, ValueError):
-                raise CacheError(f"example {index} is neither a text nor a list of token ids: {row!r:.80}") from None
+            ids = _token_ids(row, index)
         if ids and (min(ids) < 0 or max(ids) >= model.cfg.d_vocab):
             raise CacheError(f"example {index}: token ids must lie in [0, {model.cfg.d_vocab})")
         if len(ids) > max_length:

@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from interpkit.cache import _data, _manifest
+from interpkit.cache import _data, _lock, _manifest
 from interpkit.cache._distributed import join
 from interpkit.cache._errors import CacheError, CacheWarning
 from interpkit.cache._run import _AllFired, _never_fired
 from interpkit.cache._safetensors import write_safetensors
 from interpkit.cache._select import Request, resolve_requests
+from interpkit.errors import check_int
 
 if TYPE_CHECKING:
     import torch
@@ -133,6 +134,20 @@ class _ShardWriter:
         if len(fired) != len(self.by_hook):
             raise _never_fired([h for h in self.by_hook if h not in fired])
 
+    def _check_finite(self, bufs: dict[str, torch.Tensor], example: torch.Tensor) -> None:
+        """CacheError for NaN activations (and infinite ones a float32 store cannot blame on overflow)."""
+        import torch
+
+        for key, b in bufs.items():
+            bad = torch.isnan(b) if b.dtype in (torch.float16, torch.bfloat16) else ~torch.isfinite(b)
+            rows = bad.reshape(b.shape[0], -1).any(1).nonzero()
+            if rows.numel():
+                raise CacheError(
+                    f"the model gives non-finite activations (NaN or inf) at {key} for {rows.numel()} of {b.shape[0]} "
+                    f"tokens, first in example {int(example[rows[0, 0]])}: its weights or dtype produce them; "
+                    "nothing was stored for this shard"
+                )
+
     def write(self, shard: _data.Shard, path: Path, advance: Callable[[int], Any] = lambda n: None) -> dict[str, Any]:
         """Compute ``shard`` and write it to ``path``; ``advance(n)`` after each batch of n tokens."""
         import torch
@@ -161,6 +176,7 @@ class _ShardWriter:
                 index["position"][at : at + length] = torch.arange(length)
                 at += length
             example += len(batch)
+        self._check_finite(bufs, index["example"])
         if self.dtype in (torch.float16, torch.bfloat16) and not self.overflowed:
             self.overflowed = any(bool(torch.isinf(b).any()) for b in bufs.values())
         metadata = {
@@ -239,8 +255,10 @@ def harvest(
     if not 1 <= max_length <= n_ctx:
         raise CacheError(f"max_length={max_length} must lie in 1..{n_ctx} (the model context)")
     for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
-        if value is not None and int(value) < 1:
-            raise CacheError(f"{name} must be at least 1, got {value}")
+        check_int(value, name, CacheError, minimum=1, allow_none=True)
+    check_int(batch_tokens, "batch_tokens", CacheError, minimum=1)
+    if isinstance(shard_mb, bool) or not isinstance(shard_mb, (int, float)) or not 0 < shard_mb < 2**40:
+        raise CacheError(f"shard_mb must be a positive number of MiB, got {shard_mb!r:.40}")
     requests = resolve_requests(model, sites)
     shapes = _probe(model, requests)
     per_token = sum(math.prod(shapes[r.key]) for r in requests) * store_dtype.itemsize + 8 * len(_INDEX_KEYS)
@@ -278,10 +296,13 @@ def harvest(
         raise CacheError(f"the dataset {_data.describe(data)} is empty: it gives no tokens to harvest")
     out = Path(out_dir).expanduser()
     group = join(model, distributed)
+    lock = contextlib.ExitStack()  # rank 0 holds the folder's lock until the manifest is written
     try:
         error: BaseException | None = None
         mode = "fresh"
         try:
+            if group.rank == 0:
+                lock.enter_context(_lock.folder_lock(out))
             mode = _manifest.prepare(out, identity, writer=group.rank == 0, overwrite=overwrite)
         except CacheError as exc:
             error = exc
@@ -347,6 +368,7 @@ def harvest(
                 error = exc
         group.agree(error)
     finally:
+        lock.close()
         group.close()
     return ActivationStore(out)
 

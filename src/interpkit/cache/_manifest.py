@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interpkit.cache._errors import CacheError
+from interpkit.cache._integrity import check_manifest, recorded_shard, shard_name, shard_path
 from interpkit.cache._safetensors import TMP_MARK
 
 if TYPE_CHECKING:
@@ -34,10 +36,11 @@ FORMAT = "interpkit-activations/1"
 MANIFEST = "manifest.json"
 PROGRESS = ".progress"
 IDENTITY_KEYS = ("model", "sites", "dtype", "settings")
+# The temporary files this module and the shard writer leave when killed mid-write, and nothing else.
+_TEMP = re.compile(r"\.(shard-\d{5,}\.safetensors|manifest\.json|shard-\d{5,}\.json)" + re.escape(TMP_MARK) + r"\d+")
+_RECORD = re.compile(r"shard-\d{5,}\.json")
 
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.safetensors"
+__all__ = ["shard_name"]
 
 
 def model_block(model: Model) -> dict[str, Any]:
@@ -62,8 +65,11 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CacheError(f"cannot read {str(path)!r}: {exc}") from None
+    except RecursionError:
+        raise CacheError(f"cannot read {str(path)!r}: JSON nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CacheError(f"{str(path)!r} is not an interpkit activation store manifest (format {FORMAT})")
+    check_manifest(data, str(path))
     return data
 
 
@@ -88,8 +94,46 @@ def differences(existing: dict[str, Any], identity: dict[str, Any]) -> list[str]
     return out
 
 
-def _store_files(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.name == MANIFEST or p.name.startswith(("shard-", ".shard-", PROGRESS))]
+def _progress_records(out: Path) -> list[Path]:
+    folder = out / PROGRESS
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if _RECORD.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+
+
+def _temporary_records(out: Path) -> list[Path]:
+    folder = out / PROGRESS
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if _TEMP.fullmatch(p.name) and not p.is_symlink()]
+
+
+def _remove_store(out: Path, existing: dict[str, Any] | None) -> None:
+    """Delete the harvest in ``out``: the files its manifest and progress records name, and nothing else.
+
+    A user's own files in the folder (``shard-notes.txt``, ``shard-backup.safetensors``) stay.
+    """
+    named = []
+    if existing is not None and existing.get("status") == "complete":
+        named = [(i, e["file"]) for i, e in enumerate(existing["shards"])]
+    for record in _progress_records(out):
+        try:
+            entry = json.loads(record.read_text(encoding="utf-8"))
+            named.append((int(entry["index"]), entry["file"]))
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
+            pass  # a record that cannot be read names nothing
+        record.unlink()
+    for index, name in named:
+        try:
+            shard_path(out, index, name).unlink(missing_ok=True)
+        except CacheError:
+            continue  # a name pointing anywhere else is never followed
+    for temporary in _temporary_records(out):
+        temporary.unlink(missing_ok=True)
+    progress = out / PROGRESS
+    if progress.is_dir() and not progress.is_symlink() and not any(progress.iterdir()):
+        progress.rmdir()
+    (out / MANIFEST).unlink(missing_ok=True)
 
 
 def prepare(out: Path, identity: dict[str, Any], *, writer: bool, overwrite: bool) -> str:
@@ -117,11 +161,10 @@ def prepare(out: Path, identity: dict[str, Any], *, writer: bool, overwrite: boo
         return mode
     try:
         if mode == "fresh" and out.is_dir():
-            for p in _store_files(out):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            _remove_store(out, existing)
         out.mkdir(parents=True, exist_ok=True)
         for p in out.iterdir():  # temporary files of an interrupted run
-            if p.name.startswith(".shard-") and TMP_MARK in p.name:
+            if _TEMP.fullmatch(p.name):
                 p.unlink(missing_ok=True)
         if mode != "complete":
             (out / PROGRESS).mkdir(exist_ok=True)
@@ -156,7 +199,13 @@ def write_json(path: Path, data: dict[str, Any], tail: Iterable[str] = (), tail_
 
 
 def record_progress(out: Path, entry: dict[str, Any]) -> None:
-    write_json(out / PROGRESS / f"{Path(entry['file']).stem}.json", entry)
+    try:
+        write_json(out / PROGRESS / f"{Path(entry['file']).stem}.json", entry)
+    except OSError as exc:
+        raise CacheError(
+            f"could not record shard {entry['file']} in {str(out)!r}: {exc.strerror or exc} (disk full?); "
+            "rerun the same harvest to resume"
+        ) from None
 
 
 def done_shards(out: Path, existing: dict[str, Any] | None) -> dict[int, dict[str, Any]]:
@@ -164,16 +213,13 @@ def done_shards(out: Path, existing: dict[str, Any] | None) -> dict[int, dict[st
     if existing is not None and existing.get("status") == "complete":
         return {i: e for i, e in enumerate(existing["shards"])}
     done = {}
-    folder = out / PROGRESS
-    if folder.is_dir():
-        for p in sorted(folder.glob("shard-*.json")):
-            try:
-                entry = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue  # an unreadable record: the shard is simply redone
-            shard = out / entry.get("file", "")
-            if shard.is_file() and shard.stat().st_size == entry.get("bytes"):
-                done[int(entry["index"])] = entry
+    for p in sorted(_progress_records(out)):
+        try:
+            entry = recorded_shard(out, json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            continue  # an unreadable record: the shard is simply redone
+        if entry is not None:  # its shard re-hashed: one damaged while interrupted is redone
+            done[entry["index"]] = entry
     return done
 
 
@@ -213,5 +259,11 @@ def finish(out: Path, identity: dict[str, Any], entries: list[dict[str, Any]], e
         "n_shards": len(entries),
         "shards": shards,
     }
-    write_json(out / MANIFEST, manifest, token_lines(), "tokens")
+    try:
+        write_json(out / MANIFEST, manifest, token_lines(), "tokens")
+    except OSError as exc:
+        raise CacheError(
+            f"could not write the manifest of {str(out)!r}: {exc.strerror or exc} (disk full?); every shard is "
+            "kept: rerun the same harvest to write it"
+        ) from None
     shutil.rmtree(out / PROGRESS, ignore_errors=True)

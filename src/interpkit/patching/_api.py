@@ -30,6 +30,7 @@ from interpkit.runtime import (
     ablation_source,
     auto_rows,
     baseline,
+    check_batch_size,
     check_mode,
     component_mask,
     default_ablation,
@@ -106,6 +107,7 @@ def patch(
     """
     import torch
 
+    check_batch_size(batch_size)
     check_mode(direction, ablation)
     metric = metric or task.metric
     get_metric(metric)
@@ -225,7 +227,7 @@ def _runs(
 def ablate(
     model: Model,
     task: Task,
-    components: Sequence[str | Site],
+    components: str | Site | Sequence[str | Site],
     ablation: str | None = None,
     *,
     metric: str | None = None,
@@ -235,6 +237,8 @@ def ablate(
 ) -> Result:
     """The clean run with every listed component ablated at once: a Result of the per-example metric ``(example,)``.
 
+    ``components``: site labels (``["L1H0", "L3.mlp"]``), or one label alone (``"L1H0"``).
+
     Examples run in batches of ``batch_size`` (default from free memory, halved on
     out-of-memory); under ``torchrun`` the batches are shared between ranks (see ``ik.patch``).
 
@@ -242,6 +246,10 @@ def ablate(
     """
     import torch
 
+    if isinstance(components, (str, Site)):
+        components = [components]  # one component: ablate(model, task, "L0H0")
+    elif not isinstance(components, Sequence):
+        raise PatchingError(f"components must be a site label or a list of them, got {components!r:.60}")
     ablation = default_ablation(ablation, "ablate", was="mean")
     check_mode("denoise", ablation)
     metric = metric or task.metric

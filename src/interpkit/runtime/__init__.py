@@ -41,18 +41,18 @@ A custom engine: one segment of rows per layer, the patch as a hook.
     torch.Size([4, 4])
 """
 
+from interpkit.batching import Batcher as Batcher
+from interpkit.batching import auto_rows as auto_rows
+from interpkit.batching import check_batch_size as check_batch_size
+from interpkit.batching import free_memory_bytes as free_memory_bytes
+from interpkit.batching import grad_rows as grad_rows
+from interpkit.batching import is_oom as is_oom
+from interpkit.batching import run_chunked as run_chunked
+from interpkit.batching import sweep as sweep
 from interpkit.errors import PatchingError as PatchingError
 from interpkit.runtime._baseline import baseline as baseline
 from interpkit.runtime._baseline import capture_final as capture_final
 from interpkit.runtime._baseline import str_tokens as str_tokens
-from interpkit.runtime._batch import Batcher as Batcher
-from interpkit.runtime._batch import auto_rows as auto_rows
-from interpkit.runtime._batch import check_batch_size as check_batch_size
-from interpkit.runtime._batch import free_memory_bytes as free_memory_bytes
-from interpkit.runtime._batch import grad_rows as grad_rows
-from interpkit.runtime._batch import is_oom as is_oom
-from interpkit.runtime._batch import run_chunked as run_chunked
-from interpkit.runtime._batch import sweep as sweep
 from interpkit.runtime._forward import StopForward as StopForward
 from interpkit.runtime._forward import capture as capture
 from interpkit.runtime._forward import capture_from as capture_from

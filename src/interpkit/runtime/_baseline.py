@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from interpkit.batching import Batcher, auto_rows
+from interpkit.metrics import check_finite_run
 from interpkit.metrics import get as get_metric
-from interpkit.runtime._batch import Batcher, auto_rows
 from interpkit.runtime._forward import forward_final
 
 if TYPE_CHECKING:
@@ -67,7 +68,9 @@ def baseline(
     fn = get_metric(metric)
     batcher = Batcher(auto_rows(model, task.n_pos))
     clean_acts, clean_final = capture_final(model, task.clean, clean_hooks, task.answer_pos, batcher)
+    check_finite_run(clean_final, "clean", task)  # else the first patch would be blamed for the NaN
     corrupt_acts, corrupt_final = capture_final(model, task.corrupt, corrupt_hooks, task.answer_pos, batcher)
+    check_finite_run(corrupt_final, "corrupt", task)
     clean_lp = clean_final.float().log_softmax(-1)
     answer, wrong = task.answer.to(clean_final.device), task.wrong.to(clean_final.device)
     return {

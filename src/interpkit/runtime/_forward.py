@@ -20,17 +20,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from interpkit.hooks import hooks
+from interpkit.models.anatomy import StopForward, answer_logits, tail
 from interpkit.models.anatomy import final_hook as _final_hook
-from interpkit.models.anatomy import tail
 
 if TYPE_CHECKING:
     import torch
 
     from interpkit.models import Model
-
-
-class StopForward(Exception):
-    """Raised by a hook to end a forward early (caught by the runtime, never escapes it)."""
 
 
 def final_hook(model: Model) -> str:
@@ -89,17 +85,18 @@ def skipping_blocks(model: Model, layer: int) -> Iterator[None]:
     def passthrough(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         return hidden_states if arity == 0 else (hidden_states, *([None] * (arity - 1)))
 
-    saved = [vars(m).get("forward") for m in modules]
-    try:
-        for m in modules:
-            m.forward = passthrough
-        yield
-    finally:
-        for m, before in zip(modules, saved, strict=True):
-            if before is None:
-                vars(m).pop("forward", None)
-            else:
-                m.forward = before
+    with getattr(model, "lock", None) or contextlib.nullcontext():  # no other thread runs the model meanwhile
+        saved = [vars(m).get("forward") for m in modules]
+        try:
+            for m in modules:
+                m.forward = passthrough
+            yield
+        finally:
+            for m, before in zip(modules, saved, strict=True):
+                if before is None:
+                    vars(m).pop("forward", None)
+                else:
+                    m.forward = before
 
 
 def _from_layer(
@@ -179,21 +176,9 @@ def forward_final(
     >>> torch.allclose(final, logits[:, 4], atol=1e-5)
     True
     """
-    import torch
-
-    rows = torch.arange(start.shape[0], device=start.device)
-    if not tail_is_exact(model):
-        logits = _run(model, start, start_layer, fwd, attention_mask)
-        return logits[rows.to(logits.device), answer_pos.to(logits.device)].to(model.device)
-    caught: dict[str, torch.Tensor] = {}
-
-    def stop(act: torch.Tensor, hook: Any) -> None:
-        caught["resid"] = act[rows.to(act.device), answer_pos.to(act.device)]
-        raise StopForward
-
-    with contextlib.suppress(StopForward):
-        _run(model, start, start_layer, [*fwd, (final_hook(model), stop)], attention_mask)
-    return _tail(model, caught["resid"])
+    return answer_logits(
+        model, answer_pos, lambda extra: _run(model, start, start_layer, [*fwd, *extra], attention_mask)
+    )
 
 
 def capture_from(

@@ -15,8 +15,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from interpkit.batching import Batcher, sweep
 from interpkit.metrics import get as get_metric
-from interpkit.runtime._batch import Batcher, sweep
 from interpkit.runtime._forward import forward_final
 
 if TYPE_CHECKING:

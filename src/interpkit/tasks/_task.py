@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from interpkit.errors import TaskError
+from interpkit.errors import TaskError, check_text
 
 if TYPE_CHECKING:
     import torch
@@ -132,6 +132,49 @@ def need_tokenizer(model: Model, task: str) -> Any:
     return model.tokenizer
 
 
+def _is_id(value: Any) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def token_ids(value: Any, what: str) -> list[int]:
+    """``value`` as a list of token ids, or a TaskError: bools, floats, strings and dicts are refused.
+
+    A 1-D integer tensor, or any sequence of ints (numpy ints too), is accepted as it is.
+
+    >>> token_ids([5, 9, 2], "example 0: clean")
+    [5, 9, 2]
+    >>> token_ids([5, True], "example 0: clean")
+    Traceback (most recent call last):
+    ...
+    interpkit.errors.TaskError: example 0: clean must be a list of int token ids; item 1 is True (bool)
+    """
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 1 or value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
+            raise TaskError(f"{what} must be a 1-D tensor of int token ids, got {value.dtype} {tuple(value.shape)}")
+        return [int(i) for i in value.tolist()]
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Sequence):
+        raise TaskError(f"{what} must be a list of int token ids, got {type(value).__name__} {value!r:.60}")
+    for i, item in enumerate(value):
+        if not _is_id(item):
+            raise TaskError(f"{what} must be a list of int token ids; item {i} is {item!r:.40} ({type(item).__name__})")
+    return [int(i) for i in value]
+
+
+def token_id(value: Any, what: str) -> int:
+    """``value`` as one token id (an int, or a 0-d integer tensor), or a TaskError."""
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.dtype.is_floating_point:
+        value = value.item()
+    if not _is_id(value):
+        raise TaskError(f"{what} must be an int token id, got {value!r:.40} ({type(value).__name__})")
+    return int(value)
+
+
 def from_token_lists(
     name: str,
     model: Model | None,
@@ -157,6 +200,10 @@ def from_token_lists(
     if not (len(corrupt) == len(answer) == len(wrong) == n):
         raise TaskError(f"task {name!r}: clean, corrupt, answer and wrong have different counts")
     where = list(where) if where is not None else [f"example {i}" for i in range(n)]
+    clean = [token_ids(c, f"task {name!r}, {w}: clean") for c, w in zip(clean, where, strict=True)]
+    corrupt = [token_ids(c, f"task {name!r}, {w}: corrupt") for c, w in zip(corrupt, where, strict=True)]
+    answer = [token_id(a, f"task {name!r}, {w}: answer") for a, w in zip(answer, where, strict=True)]
+    wrong = [token_id(a, f"task {name!r}, {w}: wrong") for a, w in zip(wrong, where, strict=True)]
     n_ctx = model.cfg.n_ctx if model is not None else None
     d_vocab = model.cfg.d_vocab if model is not None else None
     for i in range(n):
@@ -221,9 +268,13 @@ def from_texts(
     enc = model.tokenizer
     where = list(where) if where is not None else [f"example {i}" for i in range(len(clean))]
 
-    def single(text: str, w: str) -> int:
+    for field, texts in (("clean", clean), ("corrupt", corrupt), ("answer", answer), ("wrong", wrong)):
+        for t, w in zip(texts, where, strict=True):
+            check_text(t, f"task {name!r}, {w}: {field}", TaskError)
+
+    def single(text: str, w: str, what: str) -> int:
         try:
-            return model.to_single_token(text)
+            return model.to_single_token(text, what=what)
         except TaskError as exc:
             raise TaskError(f"task {name!r}, {w}: {exc}") from None
 
@@ -232,8 +283,8 @@ def from_texts(
         model,
         [bos + enc.encode(t, add_special_tokens=False) for t in clean],
         [bos + enc.encode(t, add_special_tokens=False) for t in corrupt],
-        [single(a, w) for a, w in zip(answer, where, strict=True)],
-        [single(b, w) for b, w in zip(wrong, where, strict=True)],
+        [single(a, w, "answer") for a, w in zip(answer, where, strict=True)],
+        [single(b, w, "wrong") for b, w in zip(wrong, where, strict=True)],
         metric=metric,
         params=params,
         clean_text=list(clean),

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from interpkit.models.anatomy._checks import block_output_arity, final_hook, hook_writes, mlp_inputs, split_inputs, tail
 from interpkit.models.anatomy._checks import supports_split_inputs as _supports_split_inputs
 from interpkit.models.anatomy._checks import tail_is_exact as _tail_is_exact
+from interpkit.models.anatomy._final import StopForward, answer_logits
 from interpkit.models.anatomy._norms import IDENTITY, Norm, attr, norm_affine, norm_eps, read_norm, unwrapped
 from interpkit.models.anatomy._weights import (
     ACTIVATIONS,
@@ -270,7 +271,9 @@ __all__ = [
     "AttnWeights",
     "MLPWeights",
     "Norm",
+    "StopForward",
     "activation",
+    "answer_logits",
     "final_hook",
     "mlp_inputs",
     "norm_affine",

@@ -67,35 +67,40 @@ def block_output_arity(anatomy: Anatomy) -> int:
 
 @contextlib.contextmanager
 def split_inputs(model: Any) -> Iterator[None]:
-    """Give every head its own copy of its q/k/v input and every MLP its own input, then restore."""
+    """Give every head its own copy of its q/k/v input and every MLP its own input, then restore.
+
+    Holds ``model.lock`` throughout: the bridge's mode is shared by every thread using the model.
+    """
     bridge = model.bridge
-    before = (
-        bool(getattr(bridge.cfg, "use_split_qkv_input", False)),
-        bool(getattr(bridge.cfg, "use_hook_mlp_in", False)),
-    )
-    bridge.set_use_split_qkv_input(True)
-    bridge.set_use_hook_mlp_in(True)
-    model.refresh_hooks()  # some adapters (GPT-2's fused qkv) create hook points when the flag is set
-    try:
-        yield
-    finally:
-        bridge.set_use_split_qkv_input(before[0])
-        bridge.set_use_hook_mlp_in(before[1])
-        model.refresh_hooks()
+    with getattr(model, "lock", None) or contextlib.nullcontext():
+        before = (
+            bool(getattr(bridge.cfg, "use_split_qkv_input", False)),
+            bool(getattr(bridge.cfg, "use_hook_mlp_in", False)),
+        )
+        bridge.set_use_split_qkv_input(True)
+        bridge.set_use_hook_mlp_in(True)
+        model.refresh_hooks()  # some adapters (GPT-2's fused qkv) create hook points when the flag is set
+        try:
+            yield
+        finally:
+            bridge.set_use_split_qkv_input(before[0])
+            bridge.set_use_hook_mlp_in(before[1])
+            model.refresh_hooks()
 
 
 @contextlib.contextmanager
 def mlp_inputs(model: Any) -> Iterator[None]:
-    """Give every MLP its own input hook (``hook_mlp_in``), then restore."""
+    """Give every MLP its own input hook (``hook_mlp_in``), then restore (holding ``model.lock``)."""
     bridge = model.bridge
-    before = bool(getattr(bridge.cfg, "use_hook_mlp_in", False))
-    bridge.set_use_hook_mlp_in(True)
-    model.refresh_hooks()
-    try:
-        yield
-    finally:
-        bridge.set_use_hook_mlp_in(before)
+    with getattr(model, "lock", None) or contextlib.nullcontext():
+        before = bool(getattr(bridge.cfg, "use_hook_mlp_in", False))
+        bridge.set_use_hook_mlp_in(True)
         model.refresh_hooks()
+        try:
+            yield
+        finally:
+            bridge.set_use_hook_mlp_in(before)
+            model.refresh_hooks()
 
 
 def supports_split_inputs(anatomy: Anatomy) -> bool:

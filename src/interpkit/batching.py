@@ -1,5 +1,7 @@
 """Rows per forward that fit in memory: estimate from free memory, halve on out-of-memory, share across ranks.
 
+(A low layer of its own, re-exported by :mod:`interpkit.runtime`, so that ``metrics`` can batch too.)
+
 Every engine runs its work as *rows* (one row: one patched forward of one example) in chunks
 of as many rows as memory allows. :func:`auto_rows` estimates the chunk from free memory and a
 token budget; :class:`Batcher` runs chunks, halves one that runs out of memory (keeping the
@@ -139,6 +141,7 @@ def sweep(
 
     group = group or Group()
     sizes = [segments] if isinstance(segments, int) else list(segments)
+    batch_size = check_batch_size(batch_size)
     if batch_size is not None:
         rows = int(batch_size)
     elif model is not None:
