@@ -124,9 +124,9 @@ def main() -> None:
     u = unit(model, task)
     emit(what="unit: forward+backward", s=round(u, 3))
 
-    s, res = timed(lambda: ik.attribute(model, task, "eap", "edge", check=0))
+    s, res = timed(lambda: ik.attribute(model, task, "eap", "edge", direction="denoise", check=0))
     emit(what="EAP all edges", edges=len(res.scores), s=round(s, 2), units=round(s / u, 2), target="<= 4")
-    s, res = timed(lambda: ik.attribute(model, task, "eap", "edge"))
+    s, res = timed(lambda: ik.attribute(model, task, "eap", "edge", direction="denoise"))
     chk = res.extras["check"]
     emit(what="EAP + 32-edge check", s=round(s, 2), units=round(s / u, 2), spearman=round(chk["spearman"], 3),
          pearson=round(chk["pearson"], 3))  # fmt: skip
