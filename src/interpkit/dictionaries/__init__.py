@@ -18,9 +18,14 @@
     torch.Size([2, 64])
 """
 
+from interpkit.dictionaries._dashboard import dashboard as dashboard
 from interpkit.dictionaries._dictionary import Dictionary as Dictionary
 from interpkit.dictionaries._errors import DictionaryError as DictionaryError
+from interpkit.dictionaries._evaluate import evaluate as evaluate
+from interpkit.dictionaries._evaluate import report as report
 from interpkit.dictionaries._formats import load as load
+from interpkit.dictionaries._splice import Splice as Splice
+from interpkit.dictionaries._splice import spliced as spliced
 from interpkit.dictionaries._train import train as train
 from interpkit.dictionaries._transcoders import load_transcoders as load_transcoders
 from interpkit.dictionaries._transcoders import save_transcoders as save_transcoders
@@ -29,9 +34,14 @@ from interpkit.dictionaries.corpus import build_corpus as build_corpus
 __all__ = [
     "Dictionary",
     "DictionaryError",
+    "Splice",
     "build_corpus",
+    "dashboard",
+    "evaluate",
     "load",
     "load_transcoders",
+    "report",
     "save_transcoders",
+    "spliced",
     "train",
 ]

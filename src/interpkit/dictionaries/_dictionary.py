@@ -159,8 +159,9 @@ class Dictionary:
     ) -> Dictionary:
         """A randomly initialised dictionary: unit-norm decoder rows, encoder = decoder transpose.
 
-        >>> Dictionary.random(d_in=16, n_latents=64, k=8).W_dec.norm(dim=-1)[:2]
-        tensor([1.0000, 1.0000])
+        >>> d = Dictionary.random(d_in=16, n_latents=64, k=8)
+        >>> bool(((d.W_dec.norm(dim=-1) - 1).abs() < 1e-6).all()), d.kind
+        (True, 'sae')
         """
         import torch
 

@@ -407,7 +407,7 @@ def _load_sparsify(path: Path) -> Dictionary:
         k=config.get("k"),
         kind="sae" if not transcode else ("skip_transcoder" if skip is not None else "transcoder"),
         center_input=not transcode,
-        input_site=own.get("input_site", guess_in),
-        output_site=own.get("output_site", guess_out),
+        input_site=own.get("input_site") or guess_in,
+        output_site=own.get("output_site") or guess_out,
         meta={"source_config": config},
     )

@@ -36,6 +36,8 @@ class State:
     v: dict[str, torch.Tensor]
     since_fired: torch.Tensor
     norm: float
+    scale_x: float = 1.0
+    scale_y: float = 1.0
     step: int = 0
     position: Position = dataclasses.field(default_factory=Position)
     threshold: float = 0.0
@@ -52,24 +54,37 @@ def initial_state(stream: Stream, s: Settings, init_tokens: int) -> State:
     x, y, _ = stream.batch(Position(), init_tokens)
     x = x.double()
     y = x if y is None else y.double()
+    # train on data scaled to E|x|^2 = d (Gao et al. 2024): the learning rate then means the same for
+    # every site and model; the scales are folded back into the weights at the end
+    scale_x = (x.shape[1] / float(x.pow(2).sum(-1).mean())) ** 0.5
+    scale_y = scale_x if s.kind == "sae" else (y.shape[1] / float(y.pow(2).sum(-1).mean())) ** 0.5
+    x, y = x * scale_x, y * scale_y
     mean_x, mean_y = x.mean(0), y.mean(0)
     norm = float((y - mean_y).pow(2).sum(-1).mean())
     if not norm > 0:
         raise DictionaryError(f"the training targets have no variance ({stream.reader.describe}): nothing to learn")
     g = torch.Generator().manual_seed(s.seed)
     w_dec = _unit_rows(torch.randn(s.n_latents, y.shape[1], generator=g, dtype=torch.float64))
-    params: dict[str, torch.Tensor] = {}
+    params: dict[str, torch.Tensor] = {"W_dec": w_dec, "b_dec": mean_y.clone()}
+    target = y - mean_y
+    if s.kind == "skip_transcoder":
+        xc = x - mean_x
+        ridge = 1e-4 * float(xc.pow(2).sum(-1).mean()) * torch.eye(x.shape[1], dtype=torch.float64) * x.shape[0]
+        w_skip = torch.linalg.solve(xc.T @ xc + ridge, xc.T @ target).T  # (d_out, d_in): least squares
+        params.update(W_skip=w_skip, b_dec=mean_y - mean_x @ w_skip.T)
+        target = target - xc @ w_skip.T
     if s.kind == "sae":
         params.update(W_enc=w_dec.clone(), b_enc=torch.zeros(s.n_latents, dtype=torch.float64))
     else:
+        # unit-norm decoder rows: the output's scale is the latents', so scale the encoder until the
+        # initial sparse output has the size of what it must predict
         w_enc = _unit_rows(torch.randn(s.n_latents, x.shape[1], generator=g, dtype=torch.float64))
+        pre = (x - mean_x) @ w_enc.T
+        top = pre.clamp_min(0).topk(min(s.k, s.n_latents), dim=-1)
+        out = torch.zeros_like(pre).scatter(-1, top.indices, top.values) @ w_dec
+        size = float(out.norm(dim=-1).mean())
+        w_enc = w_enc * (float(target.norm(dim=-1).mean()) / size if size > 0 else 1.0)
         params.update(W_enc=w_enc, b_enc=-(mean_x @ w_enc.T))
-    params.update(W_dec=w_dec, b_dec=mean_y.clone())
-    if s.kind == "skip_transcoder":
-        xc, yc = x - mean_x, y - mean_y
-        ridge = 1e-4 * float(xc.pow(2).sum(-1).mean()) * torch.eye(x.shape[1], dtype=torch.float64) * x.shape[0]
-        w_skip = torch.linalg.solve(xc.T @ xc + ridge, xc.T @ yc).T  # (d_out, d_in)
-        params.update(W_skip=w_skip, b_dec=mean_y - mean_x @ w_skip.T)
     params = {k: v.float().contiguous() for k, v in params.items()}
     return State(
         params=params,
@@ -77,6 +92,8 @@ def initial_state(stream: Stream, s: Settings, init_tokens: int) -> State:
         v={k: torch.zeros_like(v) for k, v in params.items()},
         since_fired=torch.zeros(s.n_latents, dtype=torch.long),
         norm=norm,
+        scale_x=scale_x,
+        scale_y=scale_y,
     )
 
 
@@ -103,8 +120,8 @@ def train_step(state: State, stream: Stream, s: Settings, group: Any) -> dict[st
 
     x, y, after = stream.batch(state.position, s.batch_size)
     lo, hi = group.rank * s.batch_size // group.world, (group.rank + 1) * s.batch_size // group.world
-    x = x[lo:hi].float()
-    y = x if y is None else y[lo:hi].float()
+    x = x[lo:hi].float() * state.scale_x
+    y = x if y is None else y[lo:hi].float() * state.scale_y
     params = {k: v.requires_grad_(True) for k, v in state.params.items()}
     dead = state.since_fired >= s.dead_tokens if s.aux_alpha > 0 else None
     out = fast_loss(
@@ -183,6 +200,7 @@ def save_checkpoint(out: Path, state: State, s: Settings) -> None:
         "step": state.step,
         "position": state.position.to_json(),
         "norm": state.norm,
+        "scales": [state.scale_x, state.scale_y],
         "threshold": state.threshold,
         "settings": dataclasses.asdict(s),
     }
@@ -215,6 +233,8 @@ def load_checkpoint(out: Path, s: Settings, overwrite: bool) -> State | None:
         v=strip("v."),
         since_fired=t["since_fired"],
         norm=float(info["norm"]),
+        scale_x=float(info["scales"][0]),
+        scale_y=float(info["scales"][1]),
         step=int(info["step"]),
         position=Position(*info["position"]),
         threshold=float(info["threshold"]),
@@ -227,18 +247,27 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def result(state: State, s: Settings, stats: dict[str, float]) -> Dictionary:
+    """The dictionary on the raw data: the training scales folded into the weights.
+
+    Trained on ``x' = a x`` and ``y' = b y``, the latents of the raw data are ``z = z' / b``
+    (ReLU, TopK and thresholds commute with a positive scale), so ``W_enc = (a / b) W_enc'``,
+    ``b_enc = b_enc' / b``, ``b_dec = b_dec' / b``, ``W_skip = (a / b) W_skip'``, threshold
+    ``/ b``, and the unit-norm ``W_dec`` is unchanged.
+    """
     import torch
 
-    p = state.params
+    p = {k: v.detach().double() for k, v in state.params.items()}
+    a, b = state.scale_x, state.scale_y
+    dtype = state.params["W_enc"].dtype
     threshold = None
     if s.activation == "batchtopk":
-        threshold = torch.full((s.n_latents,), state.threshold, dtype=p["W_enc"].dtype)
+        threshold = torch.full((s.n_latents,), state.threshold / b, dtype=dtype)
     return Dictionary(
-        W_enc=p["W_enc"].detach().clone(),
-        b_enc=p["b_enc"].detach().clone(),
-        W_dec=p["W_dec"].detach().clone(),
-        b_dec=p["b_dec"].detach().clone(),
-        W_skip=p["W_skip"].detach().clone() if "W_skip" in p else None,
+        W_enc=(p["W_enc"] * (a / b)).to(dtype),
+        b_enc=(p["b_enc"] / b).to(dtype),
+        W_dec=p["W_dec"].to(dtype),
+        b_dec=(p["b_dec"] / b).to(dtype),
+        W_skip=(p["W_skip"] * (a / b)).to(dtype) if "W_skip" in p else None,
         threshold=threshold,
         activation=s.activation,
         k=s.k,
@@ -246,7 +275,7 @@ def result(state: State, s: Settings, stats: dict[str, float]) -> Dictionary:
         center_input=s.kind == "sae",
         input_site=s.input_site,
         output_site=s.output_site,
-        meta={"training": dataclasses.asdict(s), "final": stats, "norm": state.norm},
+        meta={"training": dataclasses.asdict(s), "final": stats, "scales": [a, b]},
     )
 
 

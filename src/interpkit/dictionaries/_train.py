@@ -206,7 +206,7 @@ def train(
     checkpoints and the result; rerunning with the same ``out`` resumes or returns the finished
     dictionary. ``positions``: per-token positions for tensor data (position 0 is then excluded).
 
-    >>> import torch
+    >>> import torch, interpkit as ik
     >>> x = torch.randn(2048, 16)
     >>> d = ik.dictionaries.train(x, n_latents=64, k=4, steps=5, batch_size=256, progress=False)
     >>> d.n_latents, d.k
