@@ -76,7 +76,7 @@ def test_recovers_planted_features():
 
 
 def test_batchtopk_learns_a_threshold_and_transcoders_their_map():
-    x, feats, z = planted(n_tokens=6000)
+    x, _, z = planted(n_tokens=6000)
     d = train(x, kind="batchtopk", n_latents=96, k=4, steps=120, batch_size=256, lr=1e-2, progress=False)
     assert d.activation == "batchtopk" and d.threshold is not None and float(d.threshold[0]) > 0
     l0 = float((d.encode(x) != 0).sum(-1).float().mean())

@@ -54,11 +54,11 @@ def scan(
         x, _, pos = reader.read(start, min(start + 8192, stop))
         with torch.no_grad():
             z = dictionary.encode(x.float())[:, idx]
-        if skip_first:
-            z[pos == 0] = 0
-            n += int((pos > 0).sum())
-        else:
-            n += x.shape[0]
+        skip = pos == 0 if skip_first else torch.zeros_like(pos, dtype=torch.bool)
+        if dictionary.kind == "sae" and dictionary.meta.get("skip_norm_above") is not None:
+            skip |= x.float().norm(dim=-1) > dictionary.meta["skip_norm_above"]
+        z[skip] = 0
+        n += int((~skip).sum())
         counts += (z > 0).sum(0)
         v, i = torch.cat([top_v, z]).topk(n_examples, dim=0)
         top_i = torch.cat([top_i, torch.arange(start, start + x.shape[0])[:, None].expand_as(z)]).gather(0, i)

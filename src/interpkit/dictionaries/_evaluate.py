@@ -19,7 +19,9 @@ trained without it, as when splicing):
 ``kl``                     mean KL(clean || spliced) of the next-token distributions
 =========================  ===============================================================
 
-With several dictionaries, ``extras["all"]`` has the loss with all of them spliced at once.
+Tokens a splice leaves alone (position 0 of a dictionary trained without it, attention sinks
+above its ``skip_norm_above``) are left out of the reconstruction metrics and keep their
+activation in the spliced and ablated runs. With several dictionaries, ``extras["all"]`` has the loss with all of them spliced at once.
 Model-free metrics (l0 to rel_bias) can come instead from an activation store (``store=``),
 which is cheaper for a large ``window``; the model-based ones always run the model on ``data``
 (texts, a ``.txt`` / ``.jsonl`` file, or token ids). Returns a Result ``(dictionary, metric)``.
@@ -167,10 +169,7 @@ def _ablated(model: Model, e: Entry, tokens: torch.Tensor, mask: torch.Tensor, v
     from interpkit.hooks import hooks
 
     def fill(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        out = value.to(act).expand_as(act).clone()
-        if e.skip_first:
-            out[:, 0] = act[:, 0]
-        return out
+        return torch.where(e.skipped(act)[..., None], act, value.to(act).expand_as(act))
 
     with torch.inference_mode(), hooks(model, fwd=[(e.write_hook, fill)]):
         return model(tokens, attention_mask=mask)
@@ -246,7 +245,8 @@ def _store_plan(dictionaries: Mapping[str, Dictionary], skip_first: bool | None)
     out = []
     for site, d in dictionaries.items():
         first = d.meta.get("training", {}).get("exclude_first", False) if skip_first is None else skip_first
-        out.append(Entry(site, d, d.input_site or site, site if d.kind == "sae" else (d.output_site or site), first))
+        write = site if d.kind == "sae" else (d.output_site or site)
+        out.append(Entry(site, d, d.input_site or site, write, first, d.meta.get("skip_norm_above")))
     return out
 
 
@@ -268,8 +268,11 @@ def _store_metrics(store: Any, plan: list[Entry], recon: dict[str, _Recon], wind
         stop = min(window, len(store))
         for start in range(0, stop, 8192):
             x, y, pos = reader.read(start, min(start + 8192, stop))
+            y = x if y is None else y
             keep = pos > 0 if e.skip_first else pos >= 0
-            recon[e.site].add(x[keep].float(), (x if y is None else y)[keep].float())
+            if e.max_norm is not None:
+                keep &= y.float().norm(dim=-1) <= e.max_norm
+            recon[e.site].add(x[keep].float(), y[keep].float())
 
 
 def _batches(rows: list[list[int]], batch_size: int, device: Any) -> Iterator[tuple[Any, Any]]:
@@ -299,10 +302,8 @@ def _batch_losses(
     logp_clean = torch.log_softmax(logits[:, :-1].double(), -1)[keep]
     out: dict[str, Any] = {"__clean__": float(clean.sum()), "__n__": clean.numel()}
     for e in plan:
-        real = mask.bool().clone()
-        if e.skip_first:
-            real[:, 0] = False
         act = seen[e.write_hook]
+        real = mask.bool() & ~e.skipped(act)
         if recon is not None:
             recon[e.site].add(seen[e.read_hook][real].float(), act[real].float())
         with torch.inference_mode(), spliced(model, {e.site: e.dictionary}, error=False, skip_first=e.skip_first):

@@ -38,6 +38,7 @@ class State:
     norm: float
     scale_x: float = 1.0
     scale_y: float = 1.0
+    max_norm: float | None = None
     step: int = 0
     position: Position = dataclasses.field(default_factory=Position)
     threshold: float = 0.0
@@ -52,6 +53,11 @@ def initial_state(stream: Stream, s: Settings, init_tokens: int) -> State:
     import torch
 
     x, y, _ = stream.batch(Position(), init_tokens)
+    max_norm = None
+    if s.max_norm_ratio:
+        max_norm = s.max_norm_ratio * float((x if y is None else y).float().norm(dim=-1).median())
+        stream.set_max_norm(max_norm)
+        x, y, _ = stream.batch(Position(), init_tokens)
     x = x.double()
     y = x if y is None else y.double()
     # train on data scaled to E|x|^2 = d (Gao et al. 2024): the learning rate then means the same for
@@ -94,6 +100,7 @@ def initial_state(stream: Stream, s: Settings, init_tokens: int) -> State:
         norm=norm,
         scale_x=scale_x,
         scale_y=scale_y,
+        max_norm=max_norm,
     )
 
 
@@ -201,6 +208,7 @@ def save_checkpoint(out: Path, state: State, s: Settings) -> None:
         "position": state.position.to_json(),
         "norm": state.norm,
         "scales": [state.scale_x, state.scale_y],
+        "max_norm": state.max_norm,
         "threshold": state.threshold,
         "settings": dataclasses.asdict(s),
     }
@@ -235,6 +243,7 @@ def load_checkpoint(out: Path, s: Settings, overwrite: bool) -> State | None:
         norm=float(info["norm"]),
         scale_x=float(info["scales"][0]),
         scale_y=float(info["scales"][1]),
+        max_norm=info["max_norm"],
         step=int(info["step"]),
         position=Position(*info["position"]),
         threshold=float(info["threshold"]),
@@ -275,7 +284,7 @@ def result(state: State, s: Settings, stats: dict[str, float]) -> Dictionary:
         center_input=s.kind == "sae",
         input_site=s.input_site,
         output_site=s.output_site,
-        meta={"training": dataclasses.asdict(s), "final": stats, "scales": [a, b]},
+        meta={"training": dataclasses.asdict(s), "final": stats, "scales": [a, b], "skip_norm_above": state.max_norm},
     )
 
 
@@ -313,6 +322,7 @@ def run(
         state = load_checkpoint(out, s, overwrite) if out is not None else None
         if state is None:
             state = initial_state(stream, s, init_tokens)
+        stream.set_max_norm(state.max_norm)
         every = checkpoint_every or max(1, s.steps // 20)
         writer = out is not None and group.rank == 0
         if writer:

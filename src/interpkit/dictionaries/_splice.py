@@ -18,7 +18,8 @@ reconstructions alone (the "spliced-in" loss of the evaluations).
 
 Positions 0 keep their activation when the dictionary was trained without them
 (``skip_first``, default: what the dictionary's training did), since no reconstruction there
-was ever learned.
+was ever learned; so do tokens whose activation is longer than the dictionary's
+``meta["skip_norm_above"]`` (the attention-sink tokens its training left out).
 
 Latents and error terms are hook points of the splice, with TransformerLens's hook signature
 ``fn(tensor, hook) -> tensor | None`` and ``hook.name`` as below; what a hook returns replaces
@@ -70,6 +71,19 @@ class Entry:
     read_hook: str
     write_hook: str
     skip_first: bool
+    max_norm: float | None = None
+
+    def skipped(self, act: torch.Tensor) -> torch.Tensor:
+        """Which tokens ``(batch, pos)`` keep their activation: position 0 if ``skip_first``, and
+        tokens whose written activation is longer than ``max_norm`` (attention sinks)."""
+        import torch
+
+        skip = torch.zeros(act.shape[:-1], dtype=torch.bool, device=act.device)
+        if self.skip_first and skip.shape[-1] > 0:
+            skip[..., 0] = True
+        if self.max_norm is not None:
+            skip |= act.float().norm(dim=-1) > self.max_norm
+        return skip
 
     @property
     def latents_name(self) -> str:
@@ -126,7 +140,7 @@ def entries(model: Model, dictionaries: Any, skip_first: bool | None) -> list[En
                 )
             read = hook_of(model, d.input_site)
         first = d.meta.get("training", {}).get("exclude_first", False) if skip_first is None else skip_first
-        out.append(Entry(site, d, read, write, bool(first)))
+        out.append(Entry(site, d, read, write, bool(first), d.meta.get("skip_norm_above")))
     writes = [e.write_hook for e in out]
     if len(set(writes)) != len(writes):
         raise DictionaryError(f"two dictionaries write the same hook: {writes}")
@@ -251,8 +265,9 @@ class Splice:
         out = (out if skip is None else out + skip).to(act.dtype)
         if err is not None:
             out = out + err
-        if e.skip_first and out.shape[1] > 0:
-            out = torch.cat([act[:, :1], out[:, 1:]], dim=1)
+        skip = e.skipped(act)
+        if bool(skip.any()):
+            out = torch.where(skip[..., None], act, out)
         if self.capture:
             self.latents[e.site] = z
             if err is not None:

@@ -18,7 +18,10 @@ SAELens, sparsify, dictionary_learning), written out here:
   the last ``decay``;
 * BatchTopK keeps the ``k * batch`` largest activations of the global batch and learns, as an
   exponential average of the smallest one kept, the threshold it uses afterwards;
-* data: see :mod:`interpkit.dictionaries._stream` (bounded memory, position 0 excluded).
+* data: see :mod:`interpkit.dictionaries._stream` (bounded memory, position 0 excluded, and
+  tokens whose target norm is above ``max_norm_ratio`` times the median: attention sinks);
+  the dictionary records that norm (``meta["skip_norm_above"]``), and splicing and evaluation
+  leave such tokens alone, as they leave position 0.
 
 Checkpoints: with ``out``, the full training state (weights, Adam moments, dead-latent counters,
 the stream position) is written every ``checkpoint_every`` steps, atomically; rerunning the same
@@ -73,6 +76,7 @@ class Settings:
     exclude_tokens: list[int]
     buffer_tokens: int
     threshold_lr: float
+    max_norm_ratio: float | None
     input_site: str | None
     output_site: str | None
     data: str
@@ -158,6 +162,7 @@ def _settings(reader: Reader, stream: Stream, kind: str, **kw: Any) -> Settings:
         exclude_tokens=[int(t) for t in kw["exclude_tokens"]],
         buffer_tokens=int(kw["buffer_tokens"]),
         threshold_lr=float(kw["threshold_lr"]),
+        max_norm_ratio=None if kw["max_norm_ratio"] is None else float(kw["max_norm_ratio"]),
         input_site=in_site,
         output_site=out_site if dict_kind != "sae" else in_site,
         data=f"{reader.describe}, {reader.n_tokens} tokens",
@@ -188,6 +193,7 @@ def train(
     positions: torch.Tensor | None = None,
     buffer_tokens: int = 1 << 16,
     threshold_lr: float = 0.01,
+    max_norm_ratio: float | None = 10.0,
     checkpoint_every: int | None = None,
     init_tokens: int = 1 << 14,
     log_every: int = 10,
@@ -205,6 +211,7 @@ def train(
     (default: one pass over the data), ``batch_size`` (global, in tokens). ``out``: a folder for
     checkpoints and the result; rerunning with the same ``out`` resumes or returns the finished
     dictionary. ``positions``: per-token positions for tensor data (position 0 is then excluded).
+    ``max_norm_ratio``: drop tokens whose target norm exceeds this multiple of the median (None: keep).
 
     >>> import torch, interpkit as ik
     >>> x = torch.randn(2048, 16)
@@ -247,6 +254,7 @@ def train(
         exclude_tokens=exclude_tokens,
         buffer_tokens=buffer_tokens,
         threshold_lr=threshold_lr,
+        max_norm_ratio=max_norm_ratio,
         activation=activation,
         site=site,
         input_site=input_site,
