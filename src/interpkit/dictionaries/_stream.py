@@ -97,8 +97,8 @@ class StoreReader(Reader):
 
         self.store = store
         try:
-            self.in_key = store._key(input_site)
-            self.out_key = None if output_site in (None, input_site) else store._key(output_site)
+            self.in_key = store.select([input_site]).sites[0]
+            self.out_key = None if output_site in (None, input_site) else store.select([output_site]).sites[0]
         except CacheError:
             missing = [s for s in (input_site, output_site) if s is not None and not _has(store, s)]
             keys = [f"{s['key']} ({s['label']})" if s.get("label") else s["key"] for s in store.manifest["sites"]]
@@ -128,7 +128,7 @@ class StoreReader(Reader):
 
 def _has(store: Any, site: str) -> bool:
     try:
-        store._key(site)
+        store.select([site])
     except Exception:
         return False
     return True
