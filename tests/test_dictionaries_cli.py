@@ -34,13 +34,13 @@ def test_train_evaluate_dashboard_from_the_command_line(toy_store, tmp_path, cap
     assert (d.n_latents, d.k, d.input_site) == (64, 4, "blocks.1.hook_resid_pre")
     data = tmp_path / "texts.jsonl"
     data.write_text("".join(json.dumps({"ids": r}) + "\n" for r in [[1, 2, 3, 4, 5]]))
-    ids = tmp_path / "ids.pt"
-    torch.save(torch.randint(1, 128, (4, 12)), ids)
-    assert main(["evaluate-dictionary", "--model", "toy-induction", "--dictionary", str(sae), "--data", str(data)]
-                + ["--store", str(toy_store.path), "--window", "500", "--out", str(tmp_path / "eval")]) == 2  # fmt: skip
+    model = ["--model", "toy-induction", "--dictionary", str(sae)]
+    store = ["--store", str(toy_store.path)]
+    evaluate = ["evaluate-dictionary", *model, "--data", str(data), *store, "--out", str(tmp_path / "eval")]
+    assert main(evaluate) == 2
     assert "has no tokenizer" in capsys.readouterr().err  # the toy has no tokenizer: texts are refused clearly
-    assert main(["dashboard", "--model", "toy-induction", "--dictionary", str(sae), "--store", str(toy_store.path)]
-                + ["--latents", "0:5,9", "--window", "600", "--out", str(tmp_path / "dash.html")]) == 0  # fmt: skip
+    dash = ["dashboard", *model, *store, "--latents", "0:5,9", "--window", "600", "--out", str(tmp_path / "dash.html")]
+    assert main(dash) == 0
     page = (tmp_path / "dash.html").read_text()
     assert page.count("<section class='card'") == 6 and "data-latent='9'" in page
     assert (
