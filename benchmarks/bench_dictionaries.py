@@ -16,8 +16,8 @@ Usage:
    synthetic sparse features in superposition. sparsify's trainer reads a Hugging Face model's
    hidden states: it gets a one-layer model whose layer looks the activations up by token index.
 2. rss: peak RSS of a training run streaming from a store of N and of 10 N tokens (harvested
-   from the toy model), each in a fresh subprocess, one pass over the store (target: < 10%
-   growth).
+   from the toy model in another subprocess), each in a fresh subprocess, for the same number
+   of steps (one pass over the larger store, ten over the smaller) (target: < 10% growth).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -135,31 +136,43 @@ def bench_speed(args: argparse.Namespace) -> dict:
     return out
 
 
-def rss_child(n_tokens: int, args: argparse.Namespace) -> None:
+def harvest_child(n_tokens: int, folder: str) -> None:
     model = ik.load_model("toy-induction")
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(1, 128, (64,), generator=g).tolist() for _ in range(n_tokens // 64)]
-    with tempfile.TemporaryDirectory() as tmp:
-        store = ik.cache.harvest(model, data, ["L1.resid_pre"], Path(tmp) / "acts", progress=False)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        start = time.perf_counter()
-        ik.dictionaries.train(store, site="L1.resid_pre", n_latents=1024, k=16, batch_size=1024, progress=False)
-        seconds = time.perf_counter() - start
-        print(json.dumps({
-            "tokens": len(store),
-            "peak_before_train_mb": round(before),
-            "process_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "train_s": round(seconds, 1),
-        }))  # fmt: skip
+    ik.cache.harvest(model, data, ["L1.resid_pre"], folder, progress=False)
+
+
+def train_child(folder: str) -> None:
+    store = ik.cache.ActivationStore(folder)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    steps = int(os.environ["BENCH_STEPS"])
+    ik.dictionaries.train(  # buffers of 16k tokens, so that both stores hold several
+        store, site="L1.resid_pre", n_latents=1024, k=16, batch_size=1024, steps=steps, buffer_tokens=1 << 14,
+        progress=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "tokens": len(store),
+        "store_mb": round(sum(s["bytes"] for s in store.manifest["shards"]) / 2**20),
+        "peak_before_train_mb": round(before),
+        "process_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "train_s": round(seconds, 1),
+    }))  # fmt: skip
 
 
 def bench_rss(args: argparse.Namespace) -> dict:
+    """Harvest in one subprocess, then train (one pass) in a fresh one: its peak RSS is the training's."""
     out = {}
-    for scale in (1, 10):
-        n = args.rss_tokens * scale
-        cmd = [sys.executable, __file__, "--rss-child", str(n), "--threads", str(args.threads)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[f"{scale}x"] = json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (1, 10):
+            folder = str(Path(tmp) / f"x{scale}")
+            base = [sys.executable, __file__, "--threads", str(args.threads), "--rss-store", folder]
+            subprocess.run([*base, "--rss-child", str(args.rss_tokens * scale)], check=True, capture_output=True)
+            env = {**os.environ, "BENCH_STEPS": str(args.rss_tokens * 10 // 1024)}  # one pass over the larger store
+            done = subprocess.run([*base, "--rss-child", "0"], capture_output=True, text=True, check=True, env=env)
+            out[f"{scale}x"] = json.loads(done.stdout.strip().splitlines()[-1])
     out["growth"] = round(out["10x"]["process_peak_mb"] / out["1x"]["process_peak_mb"] - 1, 3)
     return out
 
@@ -181,10 +194,11 @@ def main() -> None:
     parser.add_argument("--sparsify-optimizer", default="signum", choices=["signum", "adam"])
     parser.add_argument("--rss-tokens", type=int, default=50_000)
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-store", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.rss_child is not None:
-        rss_child(args.rss_child, args)
+    if args.rss_child is not None:  # a subprocess of bench_rss: harvest N tokens, or (0) train on the store
+        harvest_child(args.rss_child, args.rss_store) if args.rss_child else train_child(args.rss_store)
         return
     print(f"threads: {torch.get_num_threads()}", flush=True)
     results = {}

@@ -212,6 +212,7 @@ class Stream:
             xs.append(x[keep])
             if y is not None:
                 ys.append(y[keep])
+        self.reader.close()  # unmap the shards read: their pages would otherwise count in RSS as the store grows
         x = torch.cat(xs)
         order = torch.randperm(x.shape[0], generator=self._generator(epoch, index, 7))
         out = (x[order], torch.cat(ys)[order] if ys else None)
@@ -232,6 +233,7 @@ class Stream:
             if self.exclude_tokens:
                 keep &= ~torch.isin(self.reader.tokens(start, stop), torch.tensor(self.exclude_tokens))
             total += int(keep.sum())
+            self.reader.close()
         return total
 
     def batch(self, position: Position, size: int) -> tuple[torch.Tensor, torch.Tensor | None, Position]:
