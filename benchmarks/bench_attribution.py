@@ -131,10 +131,12 @@ def main() -> None:
     emit(what="EAP + 32-edge check", s=round(s, 2), units=round(s / u, 2), spearman=round(chk["spearman"], 3),
          pearson=round(chk["pearson"], 3))  # fmt: skip
     m = args.steps
-    s, res = timed(lambda: ik.attribute(model, task, "eap-ig", "edge", ig_steps=m, check=0))
+    s, res = timed(lambda: ik.attribute(model, task, "eap-ig", "edge", direction="denoise", ig_steps=m, check=0))
     emit(what=f"EAP-IG inputs m={m}", s=round(s, 2), units=round(s / u, 2), target=f"<= {m + 2}")
     if args.act:
-        s, res = timed(lambda: ik.attribute(model, task, "eap-ig-act", "edge", ig_steps=m, check=0))
+        s, res = timed(
+            lambda: ik.attribute(model, task, "eap-ig-act", "edge", direction="denoise", ig_steps=m, check=0)
+        )
         emit(what=f"EAP-IG activations m={m}", s=round(s, 2), units=round(s / u, 2))
 
     graph = build_graph(model)

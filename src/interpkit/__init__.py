@@ -12,6 +12,7 @@ Importing interpkit is cheap: torch, transformer_lens and plotly load when first
 from interpkit import attribution as attribution
 from interpkit import cache as cache
 from interpkit import circuits as circuits
+from interpkit import dictionaries as dictionaries
 from interpkit import errors as errors
 from interpkit import hooks as hooks
 from interpkit import metrics as metrics
@@ -43,6 +44,7 @@ __all__ = [
     "attribution",
     "cache",
     "circuits",
+    "dictionaries",
     "discover_circuit",
     "errors",
     "faithfulness",

@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The probe commands load their model themselves, without a device map: no --device-map there.
     add_probe_parsers(sub, with_model)
+    from interpkit.dictionaries.cli import add_parsers as add_dictionary_parsers
+
+    add_dictionary_parsers(sub, lambda p: with_model(p, device_map=False))
     return parser
 
 

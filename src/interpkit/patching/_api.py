@@ -192,6 +192,31 @@ def _sweep(
     )  # fmt: skip
 
 
+def _ablation_masks(
+    model: Model,
+    task: Task,
+    by_hook: dict[str, list[Site]],
+    clean_acts: dict[str, torch.Tensor],
+    corrupt_acts: dict[str, torch.Tensor],
+    ablation: str,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per hook: which entries the listed components cover, and their ablated values."""
+    import torch
+
+    masks, sources = {}, {}
+    for hook_name, members in by_hook.items():
+        act = clean_acts[hook_name]  # on the device its hook fires on, like the mask built here
+        mask = torch.zeros((1,) * act.ndim, dtype=torch.bool, device=act.device)
+        for s in members:
+            mask = mask | component_mask(s, act.shape, model.cfg.group_size, act.device)
+        masks[hook_name] = mask
+        sources[hook_name] = ablation_source(
+            ablation, act, corrupt_acts[hook_name], task, seed, pattern=members[0].kind == "pattern"
+        )
+    return masks, sources
+
+
 def _runs(
     model: Model,
     task: Task,
@@ -267,16 +292,7 @@ def ablate(
     corrupt_hooks = list(by_hook) if ablation in ("mean", "counterfactual") else []
     base = baseline(model, task, metric, clean_hooks, corrupt_hooks)
     clean_acts, corrupt_acts = base["clean_acts"], base["corrupt_acts"] or base["clean_acts"]
-    masks, sources = {}, {}
-    for hook_name, members in by_hook.items():
-        act = clean_acts[hook_name]  # on the device its hook fires on, like the mask built here
-        mask = torch.zeros((1,) * act.ndim, dtype=torch.bool, device=act.device)
-        for s in members:
-            mask = mask | component_mask(s, act.shape, model.cfg.group_size, act.device)
-        masks[hook_name] = mask
-        sources[hook_name] = ablation_source(
-            ablation, act, corrupt_acts[hook_name], task, seed, pattern=members[0].kind == "pattern"
-        )
+    masks, sources = _ablation_masks(model, task, by_hook, clean_acts, corrupt_acts, ablation, seed)
 
     def hooks(a: int, b: int, ex: torch.Tensor) -> list[tuple[str, Any]]:
         return [

@@ -1,0 +1,305 @@
+"""``spliced``: run a model with dictionaries in place of the activations they reconstruct.
+
+Inside ``with ik.dictionaries.spliced(model, {site: dictionary}, error=True) as splice:`` every
+forward pass of ``model`` replaces each site's activation by the dictionary's output:
+
+* an SAE at ``L12.resid_post`` reads and writes ``blocks.12.hook_resid_post``;
+* a transcoder reads its ``input_site`` (``blocks.12.mlp.hook_in``: the MLP's input after its
+  norm; the bridge's ``hook_mlp_in`` alias does not fire without a bridge option) and writes its
+  ``output_site`` (``blocks.12.hook_mlp_out``, label ``L12.mlp``). The MLP itself still runs: its
+  output is needed for the error term.
+
+With ``error=True`` the error term ``act - dictionary(x)`` (computed from the unedited latents,
+detached from autograd, as SAELens does) is added back, so the outputs are unchanged (to float
+rounding) while the latents become real, editable nodes of the computation: editing a latent
+changes the output by exactly the change of its decoder contribution, and gradients reach the
+latents and, through the encoder, everything upstream. With ``error=False`` the model runs on
+reconstructions alone (the "spliced-in" loss of the evaluations).
+
+Positions 0 keep their activation when the dictionary was trained without them
+(``skip_first``, default: what the dictionary's training did), since no reconstruction there
+was ever learned; so do tokens whose activation is longer than the dictionary's
+``meta["skip_norm_above"]`` (the attention-sink tokens its training left out).
+
+Latents and error terms are hook points of the splice, with TransformerLens's hook signature
+``fn(tensor, hook) -> tensor | None`` and ``hook.name`` as below; what a hook returns replaces
+the latents before decoding (patching, ablation), ``None`` leaves them:
+
+==========================  ============================================================
+``"{site}.latents"``        ``(batch, pos, n_latents)`` dense latents, before decoding
+``"{site}.error"``          ``(batch, pos, d_out)`` the error term (``error=True`` only)
+==========================  ============================================================
+
+    >>> with ik.dictionaries.spliced(model, {"L12.resid_post": sae}, capture=True) as splice:   # doctest: +SKIP
+    ...     splice.add_hook("L12.resid_post.latents", lambda z, hook: z * 0)  # ablate every latent
+    ...     logits = model(tokens)
+    >>> splice.latents["L12.resid_post"].shape                                                  # doctest: +SKIP
+    torch.Size([1, 9, 4608])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from interpkit.dictionaries._dictionary import Dictionary
+from interpkit.dictionaries._errors import DictionaryError
+
+if TYPE_CHECKING:
+    import torch
+
+    from interpkit.models import Model
+
+HookFn = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Point:
+    """What a splice hook sees as ``hook``: its name (the TransformerLens ``HookPoint`` field)."""
+
+    name: str
+
+
+@dataclasses.dataclass
+class Entry:
+    """One spliced dictionary: the hook it reads, the hook it writes, and its hook points."""
+
+    site: str
+    dictionary: Dictionary
+    read_hook: str
+    write_hook: str
+    skip_first: bool
+    max_norm: float | None = None
+
+    def skipped(self, act: torch.Tensor) -> torch.Tensor:
+        """Which tokens ``(batch, pos)`` keep their activation: position 0 if ``skip_first``, and
+        tokens whose written activation is longer than ``max_norm`` (attention sinks)."""
+        import torch
+
+        skip = torch.zeros(act.shape[:-1], dtype=torch.bool, device=act.device)
+        if self.skip_first and skip.shape[-1] > 0:
+            skip[..., 0] = True
+        if self.max_norm is not None:
+            skip |= act.float().norm(dim=-1) > self.max_norm
+        return skip
+
+    @property
+    def latents_name(self) -> str:
+        return f"{self.site}.latents"
+
+    @property
+    def error_name(self) -> str:
+        return f"{self.site}.error"
+
+
+def hook_of(model: Model, name: str) -> str:
+    """The canonical hook name of a site label (``L12.resid_post``, ``L12.mlp``) or hook name."""
+    from interpkit.errors import SiteError
+    from interpkit.sites import Site, resolve
+
+    try:
+        found = resolve(model, name)
+    except SiteError as exc:
+        raise DictionaryError(f"cannot splice at {name!r}: {exc}") from None
+    if isinstance(found, Site):
+        if found.head is not None:
+            raise DictionaryError(f"cannot splice at {name!r}: a dictionary reads a whole site, not one head")
+        return model.resolve_hook(found.hook)
+    return found
+
+
+def entries(model: Model, dictionaries: Any, skip_first: bool | None) -> list[Entry]:
+    """The splice plan: ``{site: dictionary}`` or dictionaries carrying their own sites."""
+    if isinstance(dictionaries, Dictionary):
+        dictionaries = [dictionaries]
+    if isinstance(dictionaries, Sequence) and not isinstance(dictionaries, str):
+        pairs = []
+        for d in dictionaries:
+            if not d.output_site:
+                raise DictionaryError(f"{d!r} has no site: pass {{site: dictionary}}")
+            pairs.append((d.output_site, d))
+    elif isinstance(dictionaries, Mapping):
+        pairs = list(dictionaries.items())
+    else:
+        raise DictionaryError(
+            f"dictionaries must be {{site: Dictionary}} or a list of them, got {type(dictionaries).__name__}"
+        )
+    out = []
+    for site, d in pairs:
+        if not isinstance(d, Dictionary):
+            raise DictionaryError(f"the value for {site!r} is a {type(d).__name__}, not a Dictionary")
+        write = hook_of(model, site)
+        if d.kind == "sae":
+            read = write
+        else:
+            if not d.input_site:
+                raise DictionaryError(
+                    f"transcoder for {site!r} has no input_site: set it (e.g. 'blocks.12.mlp.hook_in')"
+                )
+            read = hook_of(model, d.input_site)
+        first = d.meta.get("training", {}).get("exclude_first", False) if skip_first is None else skip_first
+        out.append(Entry(site, d, read, write, bool(first), d.meta.get("skip_norm_above")))
+    writes = [e.write_hook for e in out]
+    if len(set(writes)) != len(writes):
+        raise DictionaryError(f"two dictionaries write the same hook: {writes}")
+    return out
+
+
+class Splice:
+    """The running splice: its entries, hook points for latents and errors, and captured tensors."""
+
+    def __init__(self, plan: list[Entry], error: bool, capture: bool) -> None:
+        self.entries = {e.site: e for e in plan}
+        self.error = error
+        self.capture = capture
+        self.latents: dict[str, torch.Tensor] = {}
+        self.errors: dict[str, torch.Tensor] = {}
+        self._hooks: dict[str, list[HookFn]] = {}
+
+    def hook_names(self) -> list[str]:
+        """Every hook point of the splice (``"{site}.latents"``, ``"{site}.error"``)."""
+        return [name for e in self.entries.values() for name in (e.latents_name, e.error_name)]
+
+    def add_hook(self, name: str, fn: HookFn) -> None:
+        """Call ``fn(tensor, hook)`` at hook point ``name``; a returned tensor replaces the latents or error."""
+        if name not in self.hook_names():
+            from interpkit.errors import closest
+
+            near = closest(name, self.hook_names())
+            raise DictionaryError(
+                f"no splice hook point {name!r}"
+                + (f"; closest: {', '.join(near)}" if near else "")
+                + f". Hook points: {', '.join(self.hook_names())}"
+            )
+        self._hooks.setdefault(name, []).append(fn)
+
+    def reset_hooks(self) -> None:
+        self._hooks.clear()
+
+    def _run_hooks(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        for fn in self._hooks.get(name, ()):
+            new = fn(value, _Point(name))
+            if new is not None:
+                if new.shape != value.shape:
+                    raise DictionaryError(
+                        f"hook at {name} returned shape {tuple(new.shape)}, expected {tuple(value.shape)}"
+                    )
+                value = new
+        return value
+
+    def ablate(self, site: str, latents: Sequence[int], positions: Any = None, value: float = 0.0) -> None:
+        """Set ``latents`` of ``site`` (at ``positions``, default all) to ``value`` in every forward."""
+        import torch
+
+        idx = torch.as_tensor(list(latents), dtype=torch.long)
+
+        def fn(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            rows = torch.arange(z.shape[1]) if positions is None else torch.as_tensor(positions, dtype=torch.long)
+            mask = torch.zeros(z.shape[1], z.shape[2], dtype=torch.bool, device=z.device)
+            mask[rows[:, None], idx[None, :]] = True
+            return torch.where(mask, torch.full_like(z, value), z)
+
+        self.add_hook(f"{site}.latents", fn)
+
+    def patch(self, site: str, values: torch.Tensor, latents: Sequence[int] | None = None) -> None:
+        """Replace ``site``'s latents (all, or the columns ``latents``) by ``values`` (broadcast to them)."""
+        import torch
+
+        idx = None if latents is None else torch.as_tensor(list(latents), dtype=torch.long)
+
+        def fn(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            if idx is None:
+                return values.to(z).expand_as(z).clone()
+            z = z.clone()
+            z[..., idx] = values.to(z).expand_as(z[..., idx])
+            return z
+
+        self.add_hook(f"{site}.latents", fn)
+
+    # ------------------------------------------------------------------ the model hooks
+    def model_hooks(self) -> list[tuple[str, HookFn]]:
+        out: list[tuple[str, HookFn]] = []
+        for e in self.entries.values():
+            inputs: dict[str, torch.Tensor] = {}
+            if e.read_hook != e.write_hook:
+                out.append((e.read_hook, self._reader(e, inputs)))
+            out.append((e.write_hook, self._writer(e, inputs)))
+        return out
+
+    def _reader(self, e: Entry, inputs: dict[str, torch.Tensor]) -> HookFn:
+        def read(act: torch.Tensor, hook: Any) -> None:
+            inputs["x"] = act
+
+        return read
+
+    def _writer(self, e: Entry, inputs: dict[str, torch.Tensor]) -> HookFn:
+        def write(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            x = act if e.read_hook == e.write_hook else inputs.pop("x", None)
+            if x is None:
+                raise DictionaryError(f"{e.read_hook} did not fire before {e.write_hook}: cannot splice {e.site}")
+            return self._replace(e, x, act)
+
+        return write
+
+    def _replace(self, e: Entry, x: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        d = e.dictionary
+        if x.shape[-1] != d.d_in or act.shape[-1] != d.d_out:
+            raise DictionaryError(
+                f"the dictionary for {e.site} reads width {d.d_in} and writes {d.d_out}, but {e.read_hook} has "
+                f"width {x.shape[-1]} and {e.write_hook} {act.shape[-1]}: wrong site or wrong dictionary"
+            )
+        d = d.to(device=act.device) if d.device != act.device else d
+        z = d.encode(x)
+        skip = d.skip(x)
+        err = None
+        if self.error:
+            with torch.no_grad():
+                clean = d.decode(z) if skip is None else d.decode(z) + skip
+                err = self._run_hooks(e.error_name, (act - clean.to(act.dtype)).detach())
+        z = self._run_hooks(e.latents_name, z)
+        out = d.decode(z)
+        out = (out if skip is None else out + skip).to(act.dtype)
+        if err is not None:
+            out = out + err
+        skip = e.skipped(act)
+        if bool(skip.any()):
+            out = torch.where(skip[..., None], act, out)
+        if self.capture:
+            self.latents[e.site] = z
+            if err is not None:
+                self.errors[e.site] = err
+        return out
+
+
+@contextlib.contextmanager
+def spliced(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary] | Sequence[Dictionary] | Dictionary,
+    error: bool = True,
+    *,
+    skip_first: bool | None = None,
+    capture: bool = False,
+) -> Iterator[Splice]:
+    """Splice ``dictionaries`` into ``model`` for the body of the ``with`` (see the module doc).
+
+    ``capture``: keep each forward's latents (and error terms) in ``splice.latents[site]``
+    (``splice.errors[site]``). Hooks are removed on exit, also on error.
+
+    >>> import interpkit as ik, torch
+    >>> model = ik.load_model("toy-induction")
+    >>> sae = ik.dictionaries.Dictionary.random(d_in=128, n_latents=256, k=8, input_site="L1.resid_pre")
+    >>> tokens = torch.tensor([[1, 2, 3, 4]])
+    >>> with ik.dictionaries.spliced(model, {"L1.resid_pre": sae}, capture=True) as splice:
+    ...     logits = model(tokens)
+    >>> torch.allclose(logits, model(tokens), atol=1e-4), tuple(splice.latents["L1.resid_pre"].shape)
+    (True, (1, 4, 256))
+    """
+    from interpkit.hooks import hooks
+
+    splice = Splice(entries(model, dictionaries, skip_first), error, capture)
+    with hooks(model, fwd=splice.model_hooks()):
+        yield splice
