@@ -1,4 +1,5 @@
-"""Attribution: DLA and logit lens; AtP, AtP*, IG and exact at node level; EAP, EAP-IG, exact at edge level."""
+"""Attribution: DLA and logit lens; AtP, AtP*, IG and exact at node level; EAP, EAP-IG, exact at edge level;
+QK attribution (why a head attends where it does)."""
 
 from interpkit.attribution._api import attribute as attribute
 from interpkit.attribution.atp import AttributionError as AttributionError
@@ -11,9 +12,13 @@ from interpkit.attribution.graph import build_graph as build_graph
 from interpkit.attribution.honesty import pearson as pearson
 from interpkit.attribution.honesty import spearman as spearman
 from interpkit.attribution.ig import ig as ig
+from interpkit.attribution.qk import QKWarning as QKWarning
+from interpkit.attribution.qk import qk as qk
+from interpkit.attribution.qk import qk_loadings as qk_loadings
 
 __all__ = [
     "AttributionError",
+    "QKWarning",
     "atp",
     "atp_star",
     "attribute",
@@ -23,5 +28,7 @@ __all__ = [
     "ig",
     "logit_lens",
     "pearson",
+    "qk",
+    "qk_loadings",
     "spearman",
 ]

@@ -19,6 +19,8 @@ from interpkit.plots._export import save_static as save_static
 from interpkit.plots._export import static_export_available as static_export_available
 from interpkit.plots._lines import line_bands as line_bands
 from interpkit.plots._lines import probe_accuracy as probe_accuracy
+from interpkit.plots._qk import qk_heatmap as qk_heatmap
+from interpkit.plots._qk import qk_loadings_figure as qk_loadings_figure
 
 __all__ = [
     "PlotExportError",
@@ -32,6 +34,8 @@ __all__ = [
     "line_bands",
     "logit_lens_table",
     "probe_accuracy",
+    "qk_heatmap",
+    "qk_loadings_figure",
     "save_static",
     "static_export_available",
 ]

@@ -226,6 +226,10 @@ def figure_for(result: Result, **kwargs: Any) -> Any:
         from interpkit.circuits import curve_figure
 
         return curve_figure(result)
+    if result.kind in ("qk", "qk_loadings"):
+        from interpkit.plots._qk import qk_heatmap, qk_loadings_figure
+
+        return (qk_heatmap if result.kind == "qk" else qk_loadings_figure)(result, **kwargs)
     if result.scores.ndim >= 3:
         return heatmap(fold_to_2d(result), **kwargs)
     if result.scores.ndim == 2:
