@@ -17,6 +17,7 @@ from interpkit.plots._basic import heatmap as heatmap
 from interpkit.plots._export import PlotExportError as PlotExportError
 from interpkit.plots._export import save_static as save_static
 from interpkit.plots._export import static_export_available as static_export_available
+from interpkit.plots._graphs import graph_figure as graph_figure
 from interpkit.plots._lines import line_bands as line_bands
 from interpkit.plots._lines import probe_accuracy as probe_accuracy
 from interpkit.plots._qk import qk_heatmap as qk_heatmap
@@ -29,6 +30,7 @@ __all__ = [
     "dla_bars",
     "figure_for",
     "fold_to_2d",
+    "graph_figure",
     "head_grid",
     "heatmap",
     "line_bands",

@@ -1,0 +1,191 @@
+"""The columns of an attribution graph and the rows computed so far.
+
+Columns are every source the prompt has: each active feature (in layer, position, unit order),
+each error node (layer, position), each token embedding, and (with no sources of their own) the
+logit nodes. A row is one target's direct effects from all of them: a feature's pre-activation or
+a logit, computed by one backward pass of the frozen model (:func:`compute_rows`, batched).
+
+Rows are kept on the CPU in the computation's dtype (float32 unless float64 was asked for). Feature columns can be millions wide (every MLP neuron at
+every position), so each row keeps its ``keep`` largest feature entries (all of them when they fit
+the memory budget: then the graph is exact) together with its exact absolute sum and signed
+feature total; errors and embeddings are always kept whole. :meth:`RowStore.influence` ranks the
+unvisited features by their influence on the logits through the rows so far (circuit-tracer's
+partial influence), which decides which features get rows next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from interpkit.graphs._features import LayerFeatures
+    from interpkit.graphs._frozen import Frozen
+
+
+@dataclasses.dataclass
+class Columns:
+    """Column bookkeeping: feature columns ``[0, F)``, errors, embeddings, logits."""
+
+    layers: list[LayerFeatures]
+    n_pos: int
+    n_logits: int
+
+    def __post_init__(self) -> None:
+        import torch
+
+        self.f_layer = torch.cat([torch.full((lf.n,), lf.layer) for lf in self.layers]).long()
+        self.f_pos = torch.cat([lf.pos.cpu() for lf in self.layers]).long()
+        self.f_idx = torch.cat([lf.idx.cpu() for lf in self.layers]).long()
+        self.f_local = torch.cat([torch.arange(lf.n) for lf in self.layers]).long()
+        self.error_layers = [lf.layer for lf in self.layers if lf.error is not None]
+
+    @property
+    def n_features(self) -> int:
+        return int(self.f_layer.shape[0])
+
+    @property
+    def n_errors(self) -> int:
+        return len(self.error_layers) * self.n_pos
+
+    @property
+    def error_start(self) -> int:
+        return self.n_features
+
+    @property
+    def embed_start(self) -> int:
+        return self.n_features + self.n_errors
+
+    @property
+    def logit_start(self) -> int:
+        return self.embed_start + self.n_pos
+
+    @property
+    def total(self) -> int:
+        return self.logit_start + self.n_logits
+
+
+def compute_rows(
+    frozen: Frozen, cols: Columns, embed: torch.Tensor, logit_dirs: torch.Tensor, codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct effects on the targets ``codes`` (``j >= 0``: feature column j; ``-k-1``: logit k):
+    ``(rows, F)`` from the features and ``(rows, errors + embeddings)`` from the rest."""
+    import torch
+
+    ref = frozen.w_u
+    rows, n = len(codes), cols.n_pos
+    seeds: list[torch.Tensor | None] = [None] * frozen.n_layers
+    final_seed = None
+    is_logit = codes < 0
+    if bool(is_logit.any()):
+        final_seed = torch.zeros(rows, n, ref.shape[0], dtype=ref.dtype, device=ref.device)
+        r = is_logit.nonzero()[:, 0]
+        final_seed[r, n - 1] = logit_dirs[(-codes[r] - 1)].to(ref)
+    feature_rows = (~is_logit).nonzero()[:, 0]
+    layer_of = cols.f_layer[codes[feature_rows].clamp_min(0)]
+    for layer in layer_of.unique().tolist():
+        r = feature_rows[layer_of == layer]
+        j = codes[r]
+        lf = cols.layers[layer]
+        seed = torch.zeros(rows, n, lf.w_enc.shape[1], dtype=ref.dtype, device=ref.device)
+        seed[r.to(ref.device), cols.f_pos[j].to(ref.device)] = lf.w_enc[cols.f_idx[j].to(lf.w_enc.device)].to(ref)
+        seeds[layer] = seed
+    at_out, at_embed = frozen.backward(seeds, final_seed)
+    parts = []
+    for lf, g in zip(cols.layers, at_out, strict=True):
+        if lf.n:
+            units, where = lf.idx.unique(return_inverse=True)
+            per_unit = g @ lf.w_dec[units].T.to(g)  # (rows, pos, units)
+            parts.append(per_unit[:, lf.pos, where] * lf.act.to(g))
+    errors = [(g * lf.error.to(g)).sum(-1) for lf, g in zip(cols.layers, at_out, strict=True) if lf.error is not None]
+    features = torch.cat(parts, 1) if parts else torch.zeros(rows, 0, dtype=ref.dtype, device=ref.device)
+    rest = torch.cat([*errors, (at_embed * embed.to(at_embed)).sum(-1)], 1)
+    return features, rest
+
+
+class RowStore:
+    """Rows computed so far (see the module docstring), on the CPU."""
+
+    def __init__(self, cols: Columns, keep: int, dtype: torch.dtype) -> None:
+        self.cols = cols
+        self.dtype = dtype
+        self.keep = min(keep, cols.n_features)
+        self.codes: list[torch.Tensor] = []
+        self.feature_cols: list[torch.Tensor] = []
+        self.feature_vals: list[torch.Tensor] = []
+        self.rest: list[torch.Tensor] = []
+        self.abs_total: list[torch.Tensor] = []
+        self.feature_total: list[torch.Tensor] = []
+
+    @property
+    def exact(self) -> bool:
+        """Whether every feature entry of every row is kept."""
+        return self.keep >= self.cols.n_features
+
+    def add(self, codes: torch.Tensor, features: torch.Tensor, rest: torch.Tensor) -> None:
+        import torch
+
+        features, rest = features.to(self.dtype).cpu(), rest.to(self.dtype).cpu()
+        self.abs_total.append(features.abs().sum(1) + rest.abs().sum(1))
+        self.feature_total.append(features.double().sum(1))
+        if self.exact:
+            cols = torch.arange(self.cols.n_features).expand(len(codes), -1)
+            vals = features
+        else:
+            cols = features.abs().topk(self.keep, dim=1).indices
+            vals = features.gather(1, cols)
+        self.codes.append(codes.cpu())
+        self.feature_cols.append(cols.int())
+        self.feature_vals.append(vals)
+        self.rest.append(rest)
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        """Everything stored, concatenated over batches."""
+        import torch
+
+        return {
+            "codes": torch.cat(self.codes),
+            "feature_cols": torch.cat(self.feature_cols).long(),
+            "feature_vals": torch.cat(self.feature_vals),
+            "rest": torch.cat(self.rest),
+            "abs_total": torch.cat(self.abs_total),
+            "feature_total": torch.cat(self.feature_total),
+        }
+
+    def node_of(self, codes: torch.Tensor) -> torch.Tensor:
+        """The column of each row's own node (logit rows: their logit column)."""
+        import torch
+
+        return torch.where(codes < 0, self.cols.logit_start + (-codes - 1), codes)
+
+    def influence(self, logit_probs: torch.Tensor) -> torch.Tensor:
+        """Every column's influence on the logits through the rows computed so far."""
+        import torch
+
+        data = self.rows()
+        cols = self.cols
+        node = self.node_of(data["codes"])
+        scale = 1.0 / data["abs_total"].clamp_min(1e-10)
+        n_rows, keep = data["feature_cols"].shape
+        r_idx = torch.cat(
+            [
+                torch.arange(n_rows).repeat_interleave(keep),
+                torch.arange(n_rows).repeat_interleave(data["rest"].shape[1]),
+            ]
+        )
+        c_idx = torch.cat(
+            [data["feature_cols"].reshape(-1), (cols.error_start + torch.arange(data["rest"].shape[1])).repeat(n_rows)]
+        )
+        weight = torch.cat([data["feature_vals"].abs().reshape(-1), data["rest"].abs().reshape(-1)]).float()
+        weight = weight * scale[r_idx].float()
+        step = torch.zeros(cols.total)
+        step[cols.logit_start :] = logit_probs.float().cpu()
+        total = torch.zeros(cols.total)
+        for _ in range(cols.total + 1):
+            step = torch.zeros(cols.total).index_add_(0, c_idx, step[node][r_idx] * weight)
+            if not bool(step.any()):
+                break
+            total += step
+        return total
