@@ -48,8 +48,8 @@ def _writes(model, clean, node, transcoders):
     layer, pos, unit = node.layer, node.position, node.feature
     if node.kind == "embedding":
         return -1, pos, clean["resid0"][0, pos]
-    if node.kind == "error":
-        return layer, pos, clean["error"][layer][pos]
+    if node.kind == "error":  # a skipped first position's error is held, not a source
+        return layer, pos, clean["error"][layer][pos] * (0 if pos == 0 and clean["skip_first"] else 1)
     if transcoders is None:
         w_out = model.bridge.blocks[layer].mlp.W_out.detach()
         return layer, pos, clean[f"blocks.{layer}.mlp.hook_post"][0, pos, unit] * w_out[unit]
@@ -127,6 +127,7 @@ def reference(model, graph, transcoders: dict[int, Any] | None = None, batch: in
     ids = torch.tensor(graph.tokens)[None]
     clean = _capture(model, ids, _names(model, transcoders))
     clean["hooked"] = {n: v for n, v in clean.items() if n.endswith(("hook_scale", "hook_pattern"))}
+    clean["skip_first"] = bool(graph.meta.get("skip_first_position"))
     clean["resid0"] = _capture(model, ids, ["blocks.0.hook_resid_pre"])["blocks.0.hook_resid_pre"]
     if transcoders is not None:
         clean["z"], clean["error"] = {}, {}
@@ -150,3 +151,44 @@ def reference(model, graph, transcoders: dict[int, Any] | None = None, batch: in
     everything = [w for ws in writes for w in ws]  # decoder biases stay; skip terms follow their inputs
     constant = _run_rows(model, ids, clean, [everything], transcoders, targets)[0]
     return edges, constant, base
+
+
+def frozen_model_change(model, graph, node, scale):
+    """The change of the graph's target (demeaned) logit when ``node`` (a neuron) is set to ``scale``
+    times its activation, in the real model with every attention pattern and norm scale held at the
+    prompt's and every other neuron linear at its frozen ratio ``post / pre`` (the local replacement
+    model, literally, through hooks on the bridge)."""
+    ids = torch.tensor(graph.tokens)[None]
+    clean = _capture(model, ids, _names(model, None))
+    fwd = [
+        (n, lambda act, hook, v=v: v.expand_as(act).to(act))
+        for n, v in clean.items()
+        if n.endswith(("hook_scale", "hook_pattern"))
+    ]
+    seen = {}
+    for i in range(model.cfg.n_layers):
+        gated = f"blocks.{i}.mlp.hook_pre_linear" in model.bridge.hook_dict
+        pre_name = f"blocks.{i}.mlp.hook_pre" + ("_linear" if gated else "")
+        ratio = clean[f"blocks.{i}.mlp.hook_post"] / clean[pre_name]
+
+        def post(act, hook, i=i, ratio=ratio):
+            out = ratio * seen[i]
+            if i == node.layer:
+                out = out.clone()
+                out[0, node.position, node.feature] = (
+                    scale * clean[f"blocks.{i}.mlp.hook_post"][0, node.position, node.feature]
+                )
+            return out.to(act)
+
+        fwd += [
+            (pre_name, lambda act, hook, i=i: seen.__setitem__(i, act.detach().clone())),
+            (f"blocks.{i}.mlp.hook_post", post),
+        ]
+    target = graph.nodes[graph.kinds().index("logit")].feature
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.inference_mode():
+            before = model.bridge(ids)[0, -1].double()
+            with hooks(model, fwd=fwd):
+                after = model.bridge(ids)[0, -1].double()
+    return float((after[target] - after.mean()) - (before[target] - before.mean()))

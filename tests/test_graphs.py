@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import interpkit as ik
-from graphs_reference import reference
+from graphs_reference import frozen_model_change, reference
 from interpkit.graphs import Graph, GraphError, Node
 from interpkit.models._load import wrap_hf_model
 from tiny_models import tiny_gpt2_hf, tiny_llama_hf, tiny_neox_hf
@@ -31,7 +31,8 @@ def llama64():
 
 
 def full_graph(model, features="neurons", **kw):
-    return ik.graphs.attribute(model, PROMPT, features, max_feature_nodes=10**6, dtype=torch.float64, verify=0, **kw)
+    kw = {"max_feature_nodes": 10**6, "dtype": torch.float64, "verify": 0, **kw}
+    return ik.graphs.attribute(model, PROMPT, features, **kw)
 
 
 def targets_and_sources(graph):
@@ -50,8 +51,10 @@ def assert_sums_to_pre(graph, rel=1e-4):
         assert abs(total - n.pre_activation) <= rel * scale, (n.id, total, n.pre_activation)
 
 
-def test_neuron_graph_matches_the_literal_reference(model64):
-    graph = full_graph(model64)
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_neuron_graph_matches_the_literal_reference(model64, skip_first):
+    graph = full_graph(model64, skip_first_position=skip_first)
+    assert any(n.position == 0 for n in graph.nodes if n.kind == "neuron") != skip_first
     assert {n.kind for n in graph.nodes} == {"neuron", "embedding", "logit"}  # exact: no error nodes
     edges, constant, base = reference(model64, graph)
     rows, cols = targets_and_sources(graph)
@@ -86,10 +89,11 @@ class ReLUTranscoder(torch.nn.Module):
         return z @ self.W_dec + self.b_dec
 
 
-def test_transcoder_graph_matches_the_literal_reference(llama64):
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_transcoder_graph_matches_the_literal_reference(llama64, skip_first):
     d = llama64.cfg.d_model
     tcs = {0: ReLUTranscoder(d, 64, 0), 2: ReLUTranscoder(d, 64, 2, skip=False)}  # layer 1: all error
-    graph = full_graph(llama64, tcs)
+    graph = full_graph(llama64, tcs, skip_first_position=skip_first)
     kinds = [n.kind for n in graph.nodes]
     assert kinds.count("error") == 3 * len(PROMPT) and "feature" in kinds  # one per layer and position
     edges, constant, _ = reference(llama64, graph, transcoders=tcs)
@@ -185,15 +189,26 @@ def test_predict_propagates_through_features_in_layer_order():
     assert torch.allclose(ik.graphs.predict(graph, [[1], [2], [1, 2]], 0.0), torch.tensor([-4.0, -2.0, -5.0]))
 
 
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_full_graph_predictions_equal_the_replacement_model_run_literally(model64, scale):
+    graph = full_graph(model64)
+    for node in graph.top_nodes(3):
+        res = ik.graphs.intervene(model64, graph, [node.id], scale)
+        literal = frozen_model_change(model64, graph, node, scale)
+        predicted, replacement = float(res.scores[0]), float(res.scores[1])
+        assert abs(replacement - literal) <= 1e-6 + 1e-4 * abs(literal), (node.id, replacement, literal)
+        assert abs(predicted - literal) <= 1e-6 + 1e-4 * abs(literal), (node.id, predicted, literal)
+
+
 def test_interventions_in_the_real_model(tiny_llama):
     graph = ik.graphs.attribute(tiny_llama, PROMPT, max_feature_nodes=200, verify=5)
     check = graph.verification
     assert len(check["nodes"]) == 5 and {"spearman_frozen", "sign_agreement_unfrozen"} <= set(check)
     top = graph.top_nodes(1)[0]
     same = ik.graphs.intervene(tiny_llama, graph, [top.id], 1.0)
-    assert torch.allclose(same.scores, torch.zeros(3), atol=1e-5)
+    assert torch.allclose(same.scores, torch.zeros(4), atol=1e-5)
     res = ik.graphs.intervene(tiny_llama, graph, top.id, 0.0)
-    assert res.labels["estimate"] == ["predicted", "actual_frozen", "actual_unfrozen"]
+    assert res.labels["estimate"] == ["predicted", "replacement", "actual_frozen", "actual_unfrozen"]
     # the frozen-attention actual, by hand: the neuron zeroed at its position, every pattern held
     store = {}
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(tiny_llama.cfg.n_layers)]
@@ -216,7 +231,7 @@ def test_interventions_in_the_real_model(tiny_llama):
         changed = tiny_llama.bridge(ids)[0, -1]
     target = graph.nodes[graph.kinds().index("logit")].feature
     by_hand = (changed[target] - changed.mean()) - (clean[target] - clean.mean())
-    assert abs(float(res.scores[1]) - float(by_hand)) < 1e-5
+    assert abs(float(res.scores[2]) - float(by_hand)) < 1e-5
     with pytest.raises(GraphError, match="feature or neuron nodes"):
         ik.graphs.intervene(tiny_llama, graph, ["E_3_0"], 0.0)
     with pytest.raises(GraphError, match="unknown graph node"):
@@ -237,11 +252,11 @@ def test_transcoder_splice_reproduces_the_prompt(llama64):
         spliced = Splice(llama64, ids, dict(enumerate(tcs)), frozen).run(ids, [[]], graph, 0.0)
         assert torch.allclose(spliced[0], clean, atol=1e-10)
     top = graph.top_nodes(1)[0].id
-    assert torch.allclose(ik.graphs.intervene(llama64, graph, [top], 1.0).scores, torch.zeros(3), atol=1e-9)
+    assert torch.allclose(ik.graphs.intervene(llama64, graph, [top], 1.0).scores, torch.zeros(4), atol=1e-9)
     restored = Graph.from_json(graph.to_json())
     with pytest.raises(GraphError, match="pass them as features"):
         ik.graphs.intervene(llama64, restored, [top], 0.0)
-    assert ik.graphs.intervene(llama64, restored, [top], 0.0, features=tcs).scores.shape == (3,)
+    assert ik.graphs.intervene(llama64, restored, [top], 0.0, features=tcs).scores.shape == (4,)
 
 
 def test_figure_draws_every_node(tiny_gpt2):

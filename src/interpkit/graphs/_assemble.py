@@ -3,7 +3,8 @@
 The graph keeps the visited features (those with rows), every error node, every embedding and the
 logits. An edge from a feature outside the graph is not dropped silently: each row's sum of such
 edges is its node's ``other``. Each node's ``constant`` is its pre-activation in the frozen model
-with every source removed (biases only), so ``Σ incoming + constant + other = pre_activation``.
+with every source removed (biases, and the writes held constant at a skipped first position), so
+``Σ incoming + constant + other = pre_activation``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def constants(
     zero_out = []
     for lf in cols.layers:
         bias = lf.dec_bias if lf.dec_bias is not None else torch.zeros(embed.shape[-1], dtype=embed.dtype)
-        zero_out.append(bias.to(embed).expand(embed.shape).clone())
+        out = bias.to(embed).expand(embed.shape).clone()
+        zero_out.append(out if lf.held is None else out + lf.held.to(out))
     with torch.no_grad():
         streams = frozen.forward(torch.zeros_like(embed), zero_out)
         feature_const = torch.zeros(cols.n_features, dtype=embed.dtype)
@@ -37,7 +39,8 @@ def constants(
             if lf.n:
                 lay = frozen.layers[lf.layer]
                 reads = affine(lay.mlp_in, streams["mid"][lf.layer], lay.s2)  # (pos, d_in)
-                value = (reads[lf.pos] * lf.w_enc[lf.idx].to(reads)).sum(-1)
+                units, where = lf.idx.unique(return_inverse=True)
+                value = (reads @ lf.w_enc[units].T.to(reads))[lf.pos, where]
                 if lf.b_enc is not None:
                     value = value + lf.b_enc[lf.idx].to(value)
                 feature_const[start : start + lf.n] = value.cpu()
@@ -65,29 +68,22 @@ def assemble(
 
     from interpkit.graphs._graph import Graph
 
-    data = rows.rows()
     selected = visited.nonzero()[:, 0]
     n_sel = len(selected)
     to_node = torch.full((cols.total,), -1, dtype=torch.long)
     to_node[selected] = torch.arange(n_sel)
     to_node[cols.error_start :] = n_sel + torch.arange(cols.total - cols.error_start)
-    row_node = to_node[rows.node_of(data["codes"])]
-    n_rows, keep = data["feature_cols"].shape
-    f_node = to_node[data["feature_cols"]]  # (rows, keep): -1 where the feature is outside the graph
-    inside = f_node >= 0
-    kept = torch.where(inside, data["feature_vals"], torch.zeros((), dtype=data["feature_vals"].dtype))
-    other = data["feature_total"] - kept.double().sum(1)
-    r = torch.arange(n_rows)[:, None]
-    n_rest = data["rest"].shape[1]
-    rest_nodes = n_sel + torch.arange(n_rest)
-    row_idx = torch.cat([r.expand(-1, keep)[inside], r.expand(-1, n_rest).reshape(-1)])
-    col_idx = torch.cat([f_node[inside], rest_nodes.repeat(n_rows)])
-    vals = torch.cat([data["feature_vals"][inside], data["rest"].reshape(-1)])
-    nz = vals != 0
+    entries, row_nodes, others = [], [], []
+    for batch in rows.batches:  # batch by batch: the stored rows can be large
+        row_node, index, vals, other = _batch_entries(rows, batch, to_node, n_sel)
+        entries.append((index, vals))
+        row_nodes.append(row_node)
+        others.append(other)
+    index = torch.cat([e[0] for e in entries], 1)
+    vals = torch.cat([e[1] for e in entries])
     n_nodes = n_sel + cols.total - cols.error_start
-    adjacency = torch.sparse_coo_tensor(
-        torch.stack([row_node[row_idx[nz]], col_idx[nz]]), vals[nz], (n_nodes, n_nodes), check_invariants=True
-    ).coalesce()
+    adjacency = torch.sparse_coo_tensor(index, vals, (n_nodes, n_nodes), check_invariants=True).coalesce()
+    row_node, other = torch.cat(row_nodes), torch.cat(others)
     feature_const, logit_const = constants(frozen, cols, embed, logit_ids)
     nodes = _nodes(model, ids, cols, selected, logit_ids, probs, logits, feature_const, logit_const)
     for node_index, value in zip(row_node.tolist(), other.tolist(), strict=True):
@@ -102,6 +98,27 @@ def assemble(
     for node, value in zip(graph.nodes, graph.influence().tolist(), strict=True):
         node.influence = value
     return graph
+
+
+def _batch_entries(
+    rows: Any, batch: dict[str, Any], to_node: torch.Tensor, n_sel: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stored batch as graph entries: ``(row nodes, (2, nnz) index, values, other)``."""
+    import torch
+
+    row_node = to_node[rows.node_of(batch["codes"])]
+    f_node = to_node[rows._cols(batch).long()]  # (rows, keep): -1 where the feature is outside the graph
+    inside = f_node >= 0
+    values = batch["feature_vals"]
+    kept = torch.where(inside, values, torch.zeros((), dtype=values.dtype))
+    other = batch["feature_total"] - kept.double().sum(1)
+    n_rows, n_rest = values.shape[0], batch["rest"].shape[1]
+    r = torch.arange(n_rows)[:, None]
+    row_idx = torch.cat([r.expand(-1, values.shape[1])[inside], r.expand(-1, n_rest).reshape(-1)])
+    col_idx = torch.cat([f_node[inside], (n_sel + torch.arange(n_rest)).repeat(n_rows)])
+    vals = torch.cat([values[inside], batch["rest"].reshape(-1)])
+    nz = vals != 0
+    return row_node, torch.stack([row_node[row_idx[nz]], col_idx[nz]]), vals[nz], other
 
 
 def _token_strs(model: Model, ids: torch.Tensor) -> list[str]:

@@ -53,7 +53,8 @@ def attribute(
     desired_logit_prob: float = 0.95,
     batch_size: int | None = None,
     update_interval: int = 4,
-    row_budget_bytes: int = 1 << 30,
+    row_budget_bytes: int = 256 << 20,
+    skip_first_position: bool = True,
     verify: int = 10,
     dtype: Any = None,
 ) -> Graph:
@@ -62,7 +63,9 @@ def attribute(
     ``features``: ``"neurons"``, per-layer transcoders (``{layer: tc}``, a list) or a folder of
     them. ``dtype``: of the frozen model's arithmetic (float32 by default; float64 for exactness
     studies). ``row_budget_bytes``: memory for the stored rows; past it each row keeps only its
-    largest feature entries (``meta["exact_rows"]`` says which).
+    largest feature entries (``meta["exact_rows"]`` says which; what the others add is in each
+    node's ``other``). ``skip_first_position``: the first position's features and error are held
+    as constants rather than nodes (circuit-tracer's ``zero_bos``; see ``_features``).
 
     >>> g = ik.graphs.attribute(model, "The capital of France is", max_feature_nodes=500)  # doctest: +SKIP
     """
@@ -85,7 +88,7 @@ def attribute(
     hooks = needed_hooks(model) + (neuron_hooks(model) if neurons else [])
     store, logits = _capture(model, ids, hooks)
     frozen = read_frozen(model, store, skip_weights(model, features), dtype)
-    layers = read_features(model, store, features, dtype)
+    layers = read_features(model, store, features, dtype, skip_first_position)
     embed = store[model.resolve_hook("blocks.0.hook_resid_pre")][0].to(dtype)
     check = _replacement_check(model, frozen, layers, embed, store, logits.to(dtype))
     logit_ids, probs = _logit_targets(model, logits, target_logits, max_n_logits, desired_logit_prob)
@@ -107,6 +110,7 @@ def attribute(
             "features": "neurons" if neurons else "transcoders",
             "n_active_features": cols.n_features,
             "exact_rows": store_rows.exact,
+            "skip_first_position": skip_first_position,
             "replacement_check": check,
             "batch_rows": batcher.rows,
             "oom_halvings": batcher.halvings,
@@ -232,13 +236,15 @@ def _visit(
 
 
 def _auto_rows(model: Model, cols: Any, frozen: Any) -> int:
-    """Rows per backward pass: a quarter of free memory over a generous per-row estimate."""
+    """Rows per backward pass: a quarter of free memory (at most 1 GiB) over a generous per-row
+    estimate (the gradient at every layer, one layer's decoder products, the dense row and its copies)."""
     from interpkit.graphs._external import free_memory_bytes
 
     item = frozen.w_u.element_size()
     widest = max([int(lf.idx.unique().numel()) for lf in cols.layers if lf.n] or [1])
-    per_row = cols.n_pos * (8 * model.cfg.d_model + widest) * item + cols.total * 8
-    return int(max(1, min(512, free_memory_bytes(model.device) // 4 // per_row)))
+    per_row = cols.n_pos * (model.cfg.d_model * (frozen.n_layers + 6) + widest) * item + cols.total * 16
+    budget = min(free_memory_bytes(model.device) // 4, 1 << 30)
+    return int(max(1, min(512, budget // per_row)))
 
 
 def _replacement_check(
@@ -256,7 +262,8 @@ def _replacement_check(
     for lf in layers:
         out = torch.zeros_like(embed) if lf.error is None else lf.error.clone()
         if lf.n:
-            out = out.index_add(0, lf.pos, lf.act[:, None] * lf.w_dec[lf.idx])
+            out = out + lf.write(embed.shape[0]).to(out)
+        out = out if lf.held is None else out + lf.held
         mlp_out.append(out if lf.dec_bias is None else out + lf.dec_bias)
     with torch.no_grad():
         streams = frozen.forward(embed, mlp_out)

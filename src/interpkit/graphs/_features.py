@@ -16,6 +16,12 @@ layer writes (``b_dec`` / ``b_out``) and what the features miss (the error, one 
   ``blocks.{l}.mlp.hook_in`` (the MLP input after its norm) and replaces ``blocks.{l}.mlp.hook_out``
   (the MLP output before any post-norm). A layer without a transcoder has no features: its whole
   MLP output is its error nodes.
+
+With ``skip_first`` (the default of :func:`interpkit.graphs.attribute`, circuit-tracer's
+``zero_bos``), the first position's features and error are not nodes: their writes are held as
+constants (``held``). The first token is where models park attention (a BOS token, or the first
+word where there is none); its residual stream is orders of magnitude larger than the others',
+and there a model with frozen norms is far from the real one.
 """
 
 from __future__ import annotations
@@ -46,10 +52,21 @@ class LayerFeatures:
     w_dec: torch.Tensor | None  # (n_units, d_out)
     dec_bias: torch.Tensor | None  # (d_out,)
     error: torch.Tensor | None  # (pos, d_out): the raw MLP output the features miss (None: no error nodes)
+    held: torch.Tensor | None = None  # (pos, d_out): writes held as constants (the skipped first position)
 
     @property
     def n(self) -> int:
         return int(self.pos.shape[0])
+
+    def write(self, n_pos: int, act: torch.Tensor | None = None) -> torch.Tensor:
+        """What the active units write to the MLP output, ``(n_pos, d_out)`` (``act``: other activations)."""
+        import torch
+
+        act = self.act if act is None else act
+        units, where = self.idx.unique(return_inverse=True)
+        dense = torch.zeros(n_pos, len(units), dtype=self.w_dec.dtype, device=self.w_dec.device)
+        dense[self.pos, where] = act.to(dense)
+        return dense @ self.w_dec[units]
 
 
 def transcoder_map(model: Model, features: Any) -> dict[int, Any]:
@@ -112,13 +129,39 @@ def _from_folder(model: Model, folder: Path) -> dict[int, Any]:
     return transcoder_map(model, out)
 
 
-def read_features(model: Model, store: dict[str, torch.Tensor], features: Any, dtype: Any) -> list[LayerFeatures]:
+def read_features(
+    model: Model, store: dict[str, torch.Tensor], features: Any, dtype: Any, skip_first: bool = False
+) -> list[LayerFeatures]:
     """Every layer's :class:`LayerFeatures` on the run in ``store`` (batch 1, resolved hook names)."""
     get = lambda name: store[model.resolve_hook(name)][0]  # noqa: E731
     if isinstance(features, str) and features == "neurons":
-        return [_neurons(model, layer, get, dtype) for layer in range(model.cfg.n_layers)]
-    tcs = transcoder_map(model, features)
-    return [_transcoder(model, layer, tcs.get(layer), get, dtype) for layer in range(model.cfg.n_layers)]
+        layers = [_neurons(model, layer, get, dtype) for layer in range(model.cfg.n_layers)]
+    else:
+        tcs = transcoder_map(model, features)
+        layers = [_transcoder(model, layer, tcs.get(layer), get, dtype) for layer in range(model.cfg.n_layers)]
+    return [_hold_first(lf, get) for lf in layers] if skip_first else layers
+
+
+def _hold_first(lf: LayerFeatures, get: Any) -> LayerFeatures:
+    """``lf`` with the first position's features and error moved into ``held``."""
+    import torch
+
+    first = lf.pos == 0
+    n_pos = get(f"blocks.{lf.layer}.mlp.hook_out").shape[0]
+    d_out = lf.error.shape[-1] if lf.error is not None else lf.w_dec.shape[-1]
+    ref = lf.error if lf.error is not None else lf.w_dec
+    held = torch.zeros(n_pos, d_out, dtype=ref.dtype, device=ref.device)
+    if bool(first.any()):
+        held[0] = lf.act[first].to(ref) @ lf.w_dec[lf.idx[first]].to(ref)
+    error = lf.error
+    if error is not None:
+        held[0] += error[0]
+        error = error.clone()
+        error[0] = 0
+    keep = ~first
+    return dataclasses.replace(
+        lf, pos=lf.pos[keep], idx=lf.idx[keep], act=lf.act[keep], pre=lf.pre[keep], error=error, held=held
+    )
 
 
 def neuron_hooks(model: Model) -> list[str]:

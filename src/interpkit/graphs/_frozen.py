@@ -42,12 +42,12 @@ def linear_t(norm: FinalNorm | None, g: torch.Tensor, scale: torch.Tensor | None
     return g - g.mean(-1, keepdim=True) if norm.centre else g
 
 
-def affine(norm: FinalNorm | None, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """A frozen norm applied to ``x``: its linear part at ``scale`` plus its bias."""
+def affine(norm: FinalNorm | None, x: torch.Tensor, scale: torch.Tensor | None, bias: bool = True) -> torch.Tensor:
+    """A frozen norm applied to ``x``: its linear part at ``scale``, plus its bias unless ``bias=False``."""
     if norm is None:
         return x
     out = norm.linear(x, scale)
-    return out if norm.bias is None else out + norm.bias.to(out)
+    return out if norm.bias is None or not bias else out + norm.bias.to(out)
 
 
 @dataclasses.dataclass
@@ -87,20 +87,21 @@ class Frozen:
         return len(self.layers)
 
     # ------------------------------------------------------------------ forwards
-    def attend(self, lay: Layer, x: torch.Tensor) -> torch.Tensor:
-        """Attention's output ``(..., pos, d_model)`` of residual ``x`` under the frozen pattern and scales."""
+    def attend(self, lay: Layer, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """Attention's output ``(..., pos, d_model)`` of residual ``x`` under the frozen pattern and
+        scales (``bias=False``: its linear part only, for changes of ``x``)."""
         import torch
 
-        h = affine(lay.ln1, x, lay.s1)
+        h = affine(lay.ln1, x, lay.s1, bias)
         v = torch.einsum("...pd,kde->...pke", h, lay.w_v)
-        if lay.b_v is not None:
+        if lay.b_v is not None and bias:
             v = v + lay.b_v
         v = v.repeat_interleave(self.group, dim=-2)  # (..., pos, head, d_head)
         z = torch.einsum("hqk,...khe->...qhe", lay.pattern, v)
         out = torch.einsum("...qhe,hem->...qm", z, lay.w_o)
-        if lay.b_o is not None:
+        if lay.b_o is not None and bias:
             out = out + lay.b_o
-        return affine(lay.post_attn, out, lay.s_pa)
+        return affine(lay.post_attn, out, lay.s_pa, bias)
 
     def forward(self, embed: torch.Tensor, mlp_out: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """Residual streams of the frozen model: ``embed`` ``(..., pos, d)`` enters block 0 and

@@ -8,6 +8,9 @@ logit node, demeaned as its node is) three ways:
   in the replacement model (``a = pre * a0 / pre0``), so a relative change ``ρ_s`` of source s moves
   target t's pre-activation by ``Σ_s A[t, s] ρ_s``; features downstream follow in layer order
   (``ρ_t = Δpre_t / pre0_t``), and the logit moves by ``Σ_s A[logit, s] ρ_s``.
+- ``replacement``: the same propagation through every feature of the local replacement model,
+  not only the graph's (:mod:`interpkit.graphs._replacement`): where ``predicted`` misses and this
+  does not, the graph left out features that matter; where both miss, the linearisation does.
 - ``actual_frozen``: the real model with the dictionaries spliced in (neurons: the model itself;
   transcoders: each MLP output replaced by its transcoder's reconstruction plus the prompt's error,
   so the unchanged prompt is reproduced exactly and later latents re-encode their new input),
@@ -60,7 +63,7 @@ def intervene(model: Model, graph: Graph, nodes: Any, scale: float = 0.0, *, fea
     """Scale the activations of ``nodes`` (ids or indices) by ``scale``: predicted vs actual change.
 
     ``features``: the transcoders the graph was built with (default: those it remembers, or
-    neurons). Returns a Result over ``("predicted", "actual_frozen", "actual_unfrozen")``.
+    neurons). Returns a Result over ``("predicted", "replacement", "actual_frozen", "actual_unfrozen")``.
 
     >>> ik.graphs.intervene(model, graph, [graph.top_nodes(1)[0].id], 0.0).scores   # doctest: +SKIP
     """
@@ -73,15 +76,18 @@ def intervene(model: Model, graph: Graph, nodes: Any, scale: float = 0.0, *, fea
     if bad or not members:
         raise GraphError(f"interventions act on feature or neuron nodes; got {bad or 'no nodes'}")
     features = _features_of(graph, features)
+    from interpkit.graphs._replacement import replacement_changes
+
     predicted = predict(graph, [members], scale)
+    replacement = replacement_changes(model, graph, [members], scale, features)
     frozen = actual_changes(model, graph, [members], scale, features, frozen_attention=True)
     free = actual_changes(model, graph, [members], scale, features, frozen_attention=False)
-    values = torch.stack([predicted[0], frozen[0], free[0]])
+    values = torch.stack([predicted[0], replacement[0], frozen[0], free[0]])
     target = graph.nodes[graph.kinds().index("logit")]
     return Result(
         scores=values,
         dims=("estimate",),
-        labels={"estimate": ["predicted", "actual_frozen", "actual_unfrozen"]},
+        labels={"estimate": ["predicted", "replacement", "actual_frozen", "actual_unfrozen"]},
         metric="logit_change",
         kind="graph_intervention",
         meta={"nodes": [graph.nodes[i].id for i in members], "scale": scale, "target": target.id},
@@ -111,13 +117,18 @@ def verify(model: Model, graph: Graph, top: int = 10, *, features: Any = None) -
     sets = [[graph.index(n)] for n in chosen]
     if not sets:
         return {"nodes": [], "note": "the graph has no feature nodes to verify"}
+    from interpkit.graphs._replacement import replacement_changes
+
     predicted = predict(graph, sets, 0.0)
+    replacement = replacement_changes(model, graph, sets, 0.0, features)
     out: dict[str, Any] = {"nodes": [n.id for n in chosen], "scale": 0.0, "predicted": predicted.tolist()}
+    out["replacement"] = replacement.tolist()
     for name, frozen in (("frozen", True), ("unfrozen", False)):
         actual = actual_changes(model, graph, sets, 0.0, features, frozen_attention=frozen)
         out[f"actual_{name}"] = actual.tolist()
-        out[f"spearman_{name}"] = spearman(predicted, actual) if len(sets) > 1 else float("nan")
-        out[f"sign_agreement_{name}"] = float((torch.sign(predicted) == torch.sign(actual)).float().mean())
+        for label, guess in (("", predicted), ("replacement_", replacement)):
+            out[f"{label}spearman_{name}"] = spearman(guess, actual) if len(sets) > 1 else float("nan")
+            out[f"{label}sign_agreement_{name}"] = float((torch.sign(guess) == torch.sign(actual)).float().mean())
     return out
 
 

@@ -106,18 +106,13 @@ def compute_rows(
 
 
 class RowStore:
-    """Rows computed so far (see the module docstring), on the CPU."""
+    """Rows computed so far (see the module docstring), on the CPU, one record per batch."""
 
     def __init__(self, cols: Columns, keep: int, dtype: torch.dtype) -> None:
         self.cols = cols
         self.dtype = dtype
         self.keep = min(keep, cols.n_features)
-        self.codes: list[torch.Tensor] = []
-        self.feature_cols: list[torch.Tensor] = []
-        self.feature_vals: list[torch.Tensor] = []
-        self.rest: list[torch.Tensor] = []
-        self.abs_total: list[torch.Tensor] = []
-        self.feature_total: list[torch.Tensor] = []
+        self.batches: list[dict[str, torch.Tensor | None]] = []
 
     @property
     def exact(self) -> bool:
@@ -128,31 +123,35 @@ class RowStore:
         import torch
 
         features, rest = features.to(self.dtype).cpu(), rest.to(self.dtype).cpu()
-        self.abs_total.append(features.abs().sum(1) + rest.abs().sum(1))
-        self.feature_total.append(features.double().sum(1))
-        if self.exact:
-            cols = torch.arange(self.cols.n_features).expand(len(codes), -1)
-            vals = features
-        else:
-            cols = features.abs().topk(self.keep, dim=1).indices
-            vals = features.gather(1, cols)
-        self.codes.append(codes.cpu())
-        self.feature_cols.append(cols.int())
-        self.feature_vals.append(vals)
-        self.rest.append(rest)
+        record: dict[str, torch.Tensor | None] = {
+            "codes": codes.cpu(),
+            "abs_total": (features.abs().sum(1) + rest.abs().sum(1)).float(),
+            "feature_total": features.sum(1, dtype=torch.float64),
+            "rest": rest,
+            "feature_cols": None,  # None: every feature column, in order
+            "feature_vals": features,
+        }
+        if not self.exact:
+            top = features.abs().topk(self.keep, dim=1, sorted=False).indices
+            record["feature_cols"] = top.int()
+            record["feature_vals"] = features.gather(1, top)
+        self.batches.append(record)
 
     def rows(self) -> dict[str, torch.Tensor]:
-        """Everything stored, concatenated over batches."""
+        """Everything stored, concatenated over batches (``feature_cols`` ``(rows, keep)``)."""
         import torch
 
-        return {
-            "codes": torch.cat(self.codes),
-            "feature_cols": torch.cat(self.feature_cols).long(),
-            "feature_vals": torch.cat(self.feature_vals),
-            "rest": torch.cat(self.rest),
-            "abs_total": torch.cat(self.abs_total),
-            "feature_total": torch.cat(self.feature_total),
-        }
+        out = {k: torch.cat([b[k] for b in self.batches]) for k in ("codes", "abs_total", "feature_total", "rest")}
+        out["feature_vals"] = torch.cat([b["feature_vals"] for b in self.batches])
+        out["feature_cols"] = torch.cat([self._cols(b) for b in self.batches]).long()
+        return out
+
+    def _cols(self, batch: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        import torch
+
+        if batch["feature_cols"] is not None:
+            return batch["feature_cols"]
+        return torch.arange(self.cols.n_features, dtype=torch.int32).expand(len(batch["codes"]), -1)
 
     def node_of(self, codes: torch.Tensor) -> torch.Tensor:
         """The column of each row's own node (logit rows: their logit column)."""
@@ -164,28 +163,25 @@ class RowStore:
         """Every column's influence on the logits through the rows computed so far."""
         import torch
 
-        data = self.rows()
         cols = self.cols
-        node = self.node_of(data["codes"])
-        scale = 1.0 / data["abs_total"].clamp_min(1e-10)
-        n_rows, keep = data["feature_cols"].shape
-        r_idx = torch.cat(
-            [
-                torch.arange(n_rows).repeat_interleave(keep),
-                torch.arange(n_rows).repeat_interleave(data["rest"].shape[1]),
-            ]
-        )
-        c_idx = torch.cat(
-            [data["feature_cols"].reshape(-1), (cols.error_start + torch.arange(data["rest"].shape[1])).repeat(n_rows)]
-        )
-        weight = torch.cat([data["feature_vals"].abs().reshape(-1), data["rest"].abs().reshape(-1)]).float()
-        weight = weight * scale[r_idx].float()
         step = torch.zeros(cols.total)
         step[cols.logit_start :] = logit_probs.float().cpu()
         total = torch.zeros(cols.total)
         for _ in range(cols.total + 1):
-            step = torch.zeros(cols.total).index_add_(0, c_idx, step[node][r_idx] * weight)
-            if not bool(step.any()):
+            new = torch.zeros(cols.total)
+            for batch in self.batches:
+                w = step[self.node_of(batch["codes"])] / batch["abs_total"].clamp_min(1e-10)  # (rows,)
+                if not bool(w.any()):
+                    continue
+                spread = w[:, None] * batch["feature_vals"].abs().float()
+                if batch["feature_cols"] is None:
+                    new[: cols.n_features] += spread.sum(0)
+                else:
+                    new.index_add_(0, batch["feature_cols"].reshape(-1).long(), spread.reshape(-1))
+                rest = (w[:, None] * batch["rest"].abs().float()).sum(0)
+                new[cols.error_start : cols.error_start + rest.shape[0]] += rest
+            if not bool(new.any()):
                 break
-            total += step
+            total += new
+            step = new
         return total
