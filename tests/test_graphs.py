@@ -89,10 +89,25 @@ class ReLUTranscoder(torch.nn.Module):
         return z @ self.W_dec + self.b_dec
 
 
-@pytest.mark.parametrize("skip_first", [False, True])
-def test_transcoder_graph_matches_the_literal_reference(llama64, skip_first):
+class TopKTranscoder(ReLUTranscoder):
+    """Sparse: the ``k`` largest pre-activations per position (a layer's contraction then runs per position)."""
+
+    def __init__(self, d, n_latents, seed, k=3, **kw):
+        super().__init__(d, n_latents, seed, **kw)
+        self.k = k
+
+    def encode(self, x):
+        pre = x @ self.W_enc.T + self.b_enc
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+
+@pytest.mark.parametrize(
+    ("skip_first", "kind"), [(False, ReLUTranscoder), (True, ReLUTranscoder), (True, TopKTranscoder)]
+)
+def test_transcoder_graph_matches_the_literal_reference(llama64, skip_first, kind):
     d = llama64.cfg.d_model
-    tcs = {0: ReLUTranscoder(d, 64, 0), 2: ReLUTranscoder(d, 64, 2, skip=False)}  # layer 1: all error
+    tcs = {0: kind(d, 64, 0), 2: kind(d, 64, 2, skip=False)}  # layer 1: all error
     graph = full_graph(llama64, tcs, skip_first_position=skip_first)
     kinds = [n.kind for n in graph.nodes]
     assert kinds.count("error") == 3 * len(PROMPT) and "feature" in kinds  # one per layer and position

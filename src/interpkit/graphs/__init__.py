@@ -14,6 +14,7 @@ real model.
 """
 
 from interpkit.graphs._attribute import attribute as attribute
+from interpkit.graphs._features import transcoder_map as transcoder_map
 from interpkit.graphs._frozen import GraphError as GraphError
 from interpkit.graphs._graph import Graph as Graph
 from interpkit.graphs._graph import Node as Node
@@ -22,4 +23,14 @@ from interpkit.graphs._intervene import predict as predict
 from interpkit.graphs._intervene import verify as verify
 from interpkit.graphs._viewer import write_viewer as write_viewer
 
-__all__ = ["Graph", "GraphError", "Node", "attribute", "intervene", "predict", "verify", "write_viewer"]
+__all__ = [
+    "Graph",
+    "GraphError",
+    "Node",
+    "attribute",
+    "intervene",
+    "predict",
+    "transcoder_map",
+    "verify",
+    "write_viewer",
+]

@@ -93,16 +93,30 @@ def compute_rows(
         seed[r.to(ref.device), cols.f_pos[j].to(ref.device)] = lf.w_enc[cols.f_idx[j].to(lf.w_enc.device)].to(ref)
         seeds[layer] = seed
     at_out, at_embed = frozen.backward(seeds, final_seed)
-    parts = []
-    for lf, g in zip(cols.layers, at_out, strict=True):
-        if lf.n:
-            units, where = lf.idx.unique(return_inverse=True)
-            per_unit = g @ lf.w_dec[units].T.to(g)  # (rows, pos, units)
-            parts.append(per_unit[:, lf.pos, where] * lf.act.to(g))
+    parts = [_contract(lf, g) for lf, g in zip(cols.layers, at_out, strict=True) if lf.n]
     errors = [(g * lf.error.to(g)).sum(-1) for lf, g in zip(cols.layers, at_out, strict=True) if lf.error is not None]
     features = torch.cat(parts, 1) if parts else torch.zeros(rows, 0, dtype=ref.dtype, device=ref.device)
     rest = torch.cat([*errors, (at_embed * embed.to(at_embed)).sum(-1)], 1)
     return features, rest
+
+
+def _contract(lf: LayerFeatures, g: torch.Tensor) -> torch.Tensor:
+    """Each row's direct effect from each active unit of one layer, ``(rows, k)``: its activation
+    times its decoder row dotted with the row's gradient at its position. Dense units (neurons:
+    every unit active at every position) take one product with all decoder rows; sparse ones
+    (transcoder latents) one small product per position with the units active there."""
+    import torch
+
+    units, where = lf.idx.unique(return_inverse=True)
+    n_pos = g.shape[1]
+    if 4 * lf.n >= n_pos * len(units):
+        per_unit = g @ lf.w_dec[units].T.to(g)  # (rows, pos, units)
+        return per_unit[:, lf.pos, where] * lf.act.to(g)
+    out = torch.empty(g.shape[0], lf.n, dtype=g.dtype, device=g.device)
+    for p in lf.pos.unique().tolist():
+        at = (lf.pos == p).nonzero()[:, 0]
+        out[:, at] = g[:, p] @ lf.w_dec[lf.idx[at]].T.to(g) * lf.act[at].to(g)
+    return out
 
 
 class RowStore:
