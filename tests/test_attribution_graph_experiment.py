@@ -36,7 +36,7 @@ def test_attribution_graph_experiment_end_to_end(embedded_tokenizer, tmp_path):
     script = load_script("attribution_graph")
     model = tiny_text_llama(embedded_tokenizer)
     tcs = [ReLUTranscoder(32, 48, s, dtype=torch.float32) for s in range(2)]
-    cfg = script.Config(model=model, max_feature_nodes=64, transcoders=tcs, verify=4, induction_n=4, out=str(tmp_path))
+    cfg = script.Config(model=model, max_feature_nodes=32, transcoders=tcs, verify=3, induction_n=2, out=str(tmp_path))
     summary = script.main(cfg)
     assert set(summary["graphs"]) == {
         f"{p}_{k}" for p in ("factual", "induction") for k in ("neurons", "transcoders", "untrained")
@@ -44,10 +44,10 @@ def test_attribution_graph_experiment_end_to_end(embedded_tokenizer, tmp_path):
     neurons = summary["graphs"]["factual_neurons"]
     assert neurons["scores"]["replacement"] > 0.9999 and neurons["scores"]["completeness"] > 0.9999
     assert summary["graphs"]["factual_transcoders"]["scores"]["replacement"] < 1.0
-    assert len(neurons["verification"]["nodes"]) == 4
+    assert len(neurons["verification"]["nodes"]) == 3
     assert summary["qk"]["head"].startswith("L") and summary["qk"]["residual_error"] < 1e-3
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["spec"]["config"]["max_feature_nodes"] == 64
+    assert result["spec"]["config"]["max_feature_nodes"] == 32
     for name in summary["graphs"]:
         assert (tmp_path / f"viewer_{name}.html").is_file()
         doc = json.loads((tmp_path / f"graph_{name}.json").read_text())

@@ -280,7 +280,7 @@ def test_figure_draws_every_node(tiny_gpt2):
     assert len(fig.data[-1].x) == len(graph)
 
 
-def test_bad_input_raises_clear_errors(tiny_llama, toy):
+def test_bad_input_raises_clear_errors(tiny_llama, toy, tmp_path):
     with pytest.raises(GraphError, match="one prompt"):
         ik.graphs.attribute(tiny_llama, [PROMPT, PROMPT])
     with pytest.raises(GraphError, match="attention-only"):
@@ -297,3 +297,5 @@ def test_bad_input_raises_clear_errors(tiny_llama, toy):
         ik.graphs.attribute(tiny_llama, PROMPT, target_logits=[1000])
     with pytest.raises(GraphError, match="max_feature_nodes"):
         ik.graphs.attribute(tiny_llama, PROMPT, max_feature_nodes=-1)
+    with pytest.raises(GraphError, match="interpkit.dictionaries"):
+        ik.graphs.attribute(tiny_llama, PROMPT, str(tmp_path))  # a folder needs the dictionaries package

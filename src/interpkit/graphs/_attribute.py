@@ -236,14 +236,15 @@ def _visit(
 
 
 def _auto_rows(model: Model, cols: Any, frozen: Any) -> int:
-    """Rows per backward pass: a quarter of free memory (at most 1 GiB) over a generous per-row
+    """Rows per backward pass: a quarter of free memory (at most 512 MiB) over a generous per-row
     estimate (the gradient at every layer, one layer's decoder products, the dense row and its copies)."""
     from interpkit.graphs._external import free_memory_bytes
 
     item = frozen.w_u.element_size()
     widest = max([int(lf.idx.unique().numel()) for lf in cols.layers if lf.n] or [1])
-    per_row = cols.n_pos * (model.cfg.d_model * (frozen.n_layers + 6) + widest) * item + cols.total * 16
-    budget = min(free_memory_bytes(model.device) // 4, 1 << 30)
+    # gradients at every layer's output and a seed per layer a row may start in, plus temporaries
+    per_row = cols.n_pos * (model.cfg.d_model * (2 * frozen.n_layers + 6) + widest) * item + cols.total * 16
+    budget = min(free_memory_bytes(model.device) // 4, 512 << 20)
     return int(max(1, min(512, budget // per_row)))
 
 

@@ -6,8 +6,7 @@ denominators are held at their values on the prompt, and the MLPs are replaced b
 (plus error terms) whose activations are inputs. What remains between a node's output and another
 node's input is linear: the residual stream, attention's value/output path under the frozen
 pattern, the norms' gains and, for skip transcoders, the skip term. :class:`Frozen` holds those
-pieces read from the bridge (float64 by default, so the exactness checks measure the method and
-not rounding) and computes, for a batch of rows, the gradient of each row's target (a feature's
+pieces read from the bridge (in float32, or float64 for exactness studies) and computes, for a batch of rows, the gradient of each row's target (a feature's
 pre-activation or a logit) at every layer's MLP output and at the embeddings: a single explicit
 backward pass in closed form (:meth:`Frozen.backward`), with no autograd graph kept.
 :meth:`Frozen.forward` runs the same affine model forwards; the attribution checks that it
