@@ -71,6 +71,7 @@ def attribute(
     """
     import torch
 
+    from interpkit.graphs._assemble import assemble
     from interpkit.graphs._features import neuron_hooks, read_features, skip_weights, transcoder_map
     from interpkit.graphs._frozen import needed_hooks, read_frozen
     from interpkit.graphs._rows import Columns, RowStore
@@ -101,21 +102,17 @@ def attribute(
         model, frozen, cols, embed, dirs, probs, store_rows, max_feature_nodes, batch_size, update_interval
     )
     timing = {"rows_s": time.perf_counter() - start}
-    from interpkit.graphs._assemble import assemble
-
     graph = assemble(model, ids, frozen, cols, store_rows, visited, logit_ids, probs, logits.to(dtype), embed)
     graph._features = None if neurons else features  # for interventions; not serialised
     graph.meta.update(
-        {
-            "features": "neurons" if neurons else "transcoders",
-            "n_active_features": cols.n_features,
-            "exact_rows": store_rows.exact,
-            "skip_first_position": skip_first_position,
-            "replacement_check": check,
-            "batch_rows": batcher.rows,
-            "oom_halvings": batcher.halvings,
-            "dtype": str(dtype).removeprefix("torch."),
-        }
+        features="neurons" if neurons else "transcoders",
+        n_active_features=cols.n_features,
+        exact_rows=store_rows.exact,
+        skip_first_position=skip_first_position,
+        replacement_check=check,
+        batch_rows=batcher.rows,
+        oom_halvings=batcher.halvings,
+        dtype=str(dtype).removeprefix("torch."),
     )
     graph.scores = _scores(graph)
     if verify:

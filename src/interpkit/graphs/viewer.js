@@ -113,7 +113,7 @@
     var dash = dashboards[n.node_id] || dashboards[n.ik_layer + "/" + n.ik_unit];
     info.innerHTML =
       "<h2>" + escapeHtml(n.clerp || n.node_id) + "</h2>" +
-      "<p class=\"meta\">" + escapeHtml(n.node_id) + " · " + escapeHtml(n.feature_type) + " · layer " + escapeHtml(n.layer) +
+      "<p class=\"meta\">" + escapeHtml(n.node_id) + " · " + escapeHtml(n.feature_type) + " · " + (n.feature_type === "logit" ? "output" : n.layer === "E" ? "embedding" : "layer " + escapeHtml(n.layer)) +
       " · position " + n.ctx_idx + " (" + escapeHtml(tokens[n.ctx_idx] || "") + ")</p>" +
       "<p class=\"meta\">activation " + fmt(n.activation) + " · influence " + fmt(n.ik_influence) +
       " · pre-activation " + fmt(n.ik_pre_activation) + "</p>" +
