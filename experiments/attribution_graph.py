@@ -45,7 +45,7 @@ from interpkit.scripting import command_line, config_dict, config_from_args
 class Config:
     model: Any = "smollm2-135m"
     factual: str = "The capital of France is"
-    induction: str = "The dog Toby barked at the cat. The dog Toby"
+    induction: str = "The code word is blue falcon seven. Repeat: the code word is blue falcon"  # -> " seven"
     max_feature_nodes: int = 1024
     transcoders: str = ""  # a folder of per-layer transcoders (ik.dictionaries); empty: neurons only
     verify: int = 10

@@ -43,6 +43,7 @@ class Config:
     max_feature_nodes: int = 1024
     threads: int = 1
     seed: int = 0
+    reuse: bool = True  # load the transcoders already saved in --out instead of training again
     out: str = "runs/quick_transcoders"
 
 
@@ -124,16 +125,22 @@ def train(x: torch.Tensor, y: torch.Tensor, cfg: Config, seed: int) -> tuple[Top
     return tc.requires_grad_(False), fvu
 
 
-def main(cfg: Config) -> dict:
+def load(path: Path, k: int) -> TopKSkipTranscoder:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    n_latents, d = weights["W_dec"].shape
+    tc = TopKSkipTranscoder(d, n_latents, k, 0)
+    tc.load_state_dict(weights)
+    return tc.requires_grad_(False)
+
+
+def train_all(model: ik.Model, cfg: Config, out: Path) -> tuple[dict, dict]:
     from safetensors.torch import save_file
 
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = ik.load_model(cfg.model)
     start = time.perf_counter()
     xs, ys = harvest(model, cfg)
     print(f"harvested {xs.shape[1]} positions x {xs.shape[0]} layers in {time.perf_counter() - start:.0f} s")
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     tcs, fvus = {}, {}
     for layer in range(model.cfg.n_layers):
@@ -143,7 +150,20 @@ def main(cfg: Config) -> dict:
             {k: v.contiguous() for k, v in tcs[layer].state_dict().items()}, str(out / f"layer_{layer}.safetensors")
         )
         print(f"layer {layer}: held-out FVU {fvus[layer]:.3f} ({time.perf_counter() - t:.0f} s)", flush=True)
-    del xs, ys
+    return tcs, fvus
+
+
+def main(cfg: Config) -> dict:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = ik.load_model(cfg.model)
+    out = Path(cfg.out)
+    saved = [out / f"layer_{layer}.safetensors" for layer in range(model.cfg.n_layers)]
+    if cfg.reuse and all(p.is_file() for p in saved):
+        tcs, fvus = {layer: load(p, cfg.k) for layer, p in enumerate(saved)}, {}
+        print(f"reusing the transcoders in {out}")
+    else:
+        tcs, fvus = train_all(model, cfg, out)
     graphs = _attribution_graph_script()
     summary = graphs.main(
         graphs.Config(model=model, transcoders=tcs, max_feature_nodes=cfg.max_feature_nodes, out=str(out / "graphs"))
