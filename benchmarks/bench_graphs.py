@@ -24,6 +24,13 @@ and a contraction with the active features' decoder rows). circuit-tracer cannot
 beside TransformerLens 4, so this is a count, not a race.
 
 Prints one JSON row per measurement. ``--quick``: lengths 8 and 16 only, one feature count.
+
+Measured 2026-12-03, SmolLM2-135M, 1 thread on the shared 2-core machine (load average 8):
+neurons, 256 rows: 8 / 16 / 32 / 64 tokens in 22 / 40 / 71 / 137 s, peak RSS 2.15 / 2.55 / 2.45 /
+2.94 GB (1.28 GB after loading the model); 16 tokens with 128 / 512 / 2048 rows: 29 / 77 / 239 s,
+2.37 / 2.60 / 2.77 GB; random TopK transcoders (4608 latents, k 64, every layer), 16 tokens, 1024
+rows: 13 s, 2.56 GB. FLOPs per row, 16 tokens: 1.28 GFLOP (neurons) and 0.47 (transcoders) against
+4.70 and 3.89 for circuit-tracer's algorithm (3.7x and 8.3x; the ratio holds from 8 to 64 tokens).
 """
 
 from __future__ import annotations

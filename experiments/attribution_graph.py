@@ -3,6 +3,7 @@ strongest induction head.
 
 Usage:
     .venv/bin/python experiments/attribution_graph.py                        # neuron graphs (about 3 min, 1 thread)
+    .venv/bin/python experiments/quick_transcoders.py --text ...             # + quick stand-in transcoders
     .venv/bin/python experiments/attribution_graph.py --transcoders runs/transcoders   # + transcoder graphs
     .venv/bin/python experiments/attribution_graph.py --max_feature_nodes 256 --out runs/graph_small
 
