@@ -294,3 +294,21 @@ def test_the_check_samples_the_largest_estimates_and_agrees_with_fresh_exact_pat
     for bad in (-1, 2.5, "some", True):
         with pytest.raises(AttributionError, match="check must be"):
             ik.attribution.atp(tiny_llama, task, check=bad)
+
+
+def test_hybrid_patches_its_top_candidates_exactly(tiny_llama):
+    task = random_task(tiny_llama, n=3, pos=5, seed=5)
+    res = ik.attribution.edge_scores(tiny_llama, task, "hybrid", "noise", rank_by="eap", candidates=12)
+    eap = ik.attribution.edge_scores(tiny_llama, task, "eap", "noise", check=0)
+    exact = ik.attribution.edge_scores(tiny_llama, task, "exact", "noise")
+    labels = res.labels["edge"]
+    chosen = [labels.index(label) for label in res.extras["check"]["labels"]]
+    top = torch.argsort(eap.scores.abs(), descending=True)[:12].tolist()
+    assert sorted(chosen) == sorted(top) and res.meta["candidates"] == 12
+    torch.testing.assert_close(res.scores[chosen], exact.scores[chosen], atol=1e-5, rtol=1e-5)
+    rest = [i for i in range(len(labels)) if i not in set(chosen)]
+    assert torch.equal(res.scores[rest], eap.scores[rest])
+    with pytest.raises(AttributionError, match="hybrid ranking method"):
+        ik.attribution.hybrid(tiny_llama, task, rank_by="exact")
+    with pytest.raises(AttributionError, match="candidates must be"):
+        ik.attribution.hybrid(tiny_llama, task, candidates=0)

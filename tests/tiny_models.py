@@ -128,3 +128,9 @@ def random_task(model, n=3, pos=6, seed=0, ragged=False):
         clean[0], corrupt[0] = clean[0][:-2], corrupt[0][:-2]
     answers = torch.randint(0, v, (2, n), generator=g).tolist()
     return from_token_lists("rand", model, clean, corrupt, answers[0], answers[1])
+
+
+def tiny_olmo2_hf(seed: int = 0):
+    """An OLMo2 block: no norm before attention or MLP, norms after both, RMS query/key norms over
+    all heads at once (gains moved off their init), GQA."""
+    return _tiny_hf("Olmo2", seed, True, vocab_size=71, num_key_value_heads=2)

@@ -14,6 +14,7 @@ from interpkit import cache as cache
 from interpkit import circuits as circuits
 from interpkit import dictionaries as dictionaries
 from interpkit import errors as errors
+from interpkit import graphs as graphs
 from interpkit import hooks as hooks
 from interpkit import metrics as metrics
 from interpkit import patching as patching
@@ -48,6 +49,7 @@ __all__ = [
     "discover_circuit",
     "errors",
     "faithfulness",
+    "graphs",
     "hooks",
     "load_model",
     "metrics",

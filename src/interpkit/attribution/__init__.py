@@ -20,12 +20,17 @@ from interpkit.attribution.edges import EDGE_METHODS as EDGE_METHODS
 from interpkit.attribution.edges import edge_scores as edge_scores
 from interpkit.attribution.honesty import pearson as pearson
 from interpkit.attribution.honesty import spearman as spearman
+from interpkit.attribution.hybrid import hybrid as hybrid
 from interpkit.attribution.ig import ig as ig
+from interpkit.attribution.qk import QKWarning as QKWarning
+from interpkit.attribution.qk import qk as qk
+from interpkit.attribution.qk import qk_loadings as qk_loadings
 from interpkit.graph import build_graph as build_graph
 
 __all__ = [
     "EDGE_METHODS",
     "AttributionError",
+    "QKWarning",
     "atp",
     "atp_star",
     "attribute",
@@ -36,8 +41,11 @@ __all__ = [
     "eap_ig_act",
     "edge_scores",
     "exact_edge_scores",
+    "hybrid",
     "ig",
     "logit_lens",
     "pearson",
+    "qk",
+    "qk_loadings",
     "spearman",
 ]

@@ -1,7 +1,8 @@
 """``edge_scores``: every edge method in one table, one file each.
 
 ``eap`` (``eap.py``), ``eap-ig`` (``eap_ig.py``; ``variant="inputs"`` or ``"activations"``),
-``eap-ig-act`` (``eap_act.py``: the activations variant) and ``exact`` (``edge_exact.py``). Each is
+``eap-ig-act`` (``eap_act.py``: the activations variant), ``exact`` (``edge_exact.py``) and
+``hybrid`` (``hybrid.py``: a gradient ranking with its top candidates patched exactly). Each is
 ``(model, task, direction, *, metric, check, seed, graph, ...) -> Result`` over the edges of
 ``graph`` (default :func:`interpkit.graph.build_graph`); adding a method is one file and one row.
 
@@ -22,6 +23,7 @@ from interpkit.attribution.eap import eap
 from interpkit.attribution.eap_act import eap_ig_act
 from interpkit.attribution.eap_ig import eap_ig
 from interpkit.attribution.edge_exact import exact_edge_scores
+from interpkit.attribution.hybrid import hybrid
 from interpkit.errors import unknown
 from interpkit.runtime import default_direction
 
@@ -35,6 +37,7 @@ EDGE_TABLE: dict[str, Callable[..., Result]] = {
     "eap-ig": eap_ig,
     "eap-ig-act": eap_ig_act,
     "exact": exact_edge_scores,
+    "hybrid": hybrid,
 }
 EDGE_METHODS = tuple(EDGE_TABLE)
 

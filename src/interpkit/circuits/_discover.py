@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from interpkit.tasks import Task
 
 SELECTIONS = ("top_n", "threshold", "greedy", "acdc")
-METHODS = ("eap", "eap-ig", "eap-ig-act", "exact")
+METHODS = ("eap", "eap-ig", "eap-ig-act", "exact", "hybrid")
 
 
 def graph_of(model: Model, obj: Any = None, graph: Graph | None = None) -> Graph:

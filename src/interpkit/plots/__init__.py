@@ -22,6 +22,7 @@ from interpkit.plots._circuits import curve_figure as curve_figure
 from interpkit.plots._export import PlotExportError as PlotExportError
 from interpkit.plots._export import save_static as save_static
 from interpkit.plots._export import static_export_available as static_export_available
+from interpkit.plots._graphs import graph_figure as graph_figure
 from interpkit.plots._lines import line_bands as line_bands
 from interpkit.plots._lines import probe_accuracy as probe_accuracy
 from interpkit.plots._probing import accuracy_by_layer as accuracy_by_layer
@@ -32,6 +33,8 @@ from interpkit.plots._probing import pca_figure as pca_figure
 from interpkit.plots._probing import removal_figure as removal_figure
 from interpkit.plots._probing import selectivity_figure as selectivity_figure
 from interpkit.plots._probing import steering_figure as steering_figure
+from interpkit.plots._qk import qk_heatmap as qk_heatmap
+from interpkit.plots._qk import qk_loadings_figure as qk_loadings_figure
 from interpkit.plots._registry import figure_for as figure_for
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "dla_bars",
     "figure_for",
     "fold_to_2d",
+    "graph_figure",
     "head_grid",
     "heatmap",
     "inlp_figure",
@@ -54,6 +58,8 @@ __all__ = [
     "logit_lens_table",
     "pca_figure",
     "probe_accuracy",
+    "qk_heatmap",
+    "qk_loadings_figure",
     "removal_figure",
     "save_static",
     "selectivity_figure",

@@ -6,6 +6,8 @@ from typing import Any
 
 from interpkit.plots._basic import default_figure
 from interpkit.plots._circuits import circuit_figure, curve_figure
+from interpkit.plots._graphs import graph_figure
+from interpkit.plots._qk import qk_heatmap, qk_loadings_figure
 from interpkit.results import figure_for as figure_for
 from interpkit.results import register_figure
 
@@ -17,3 +19,6 @@ def _curve(result: Any, **kwargs: Any) -> Any:
 register_figure("*", default_figure)
 register_figure("faithfulness_curve", _curve)
 register_figure("circuit", circuit_figure)
+register_figure("qk", qk_heatmap)
+register_figure("qk_loadings", qk_loadings_figure)
+register_figure("attribution_graph", graph_figure)
