@@ -18,12 +18,12 @@ influence. For a readable figure pass a pruned graph (``graph.prune().figure()``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from interpkit.plots._style import NEGATIVE, POSITIVE, style, token_text
 
-if TYPE_CHECKING:
-    from interpkit.graphs import Graph
+# An attribution graph (interpkit.graphs.Graph), read duck-typed: plots import no engine.
+Graph = Any
 
 _COLOURS = {"embedding": "#4d4d4d", "neuron": "#2166ac", "feature": "#2166ac", "error": "#b8860b", "logit": "#762a83"}
 _SYMBOLS = {"embedding": "square", "neuron": "circle", "feature": "circle", "error": "diamond", "logit": "square"}
