@@ -70,7 +70,7 @@ def hooks(
     with getattr(model, "lock", None) or contextlib.nullcontext():
         try:
             for name, fn in planned:
-                point = model.bridge.hook_dict[name]
+                point = model.hook_point(name)
                 # alias_names makes hook.name the canonical name, not the bridge's structural one.
                 registered.append((point, point.add_hook(fn, dir="fwd", alias_names=[name])))
             yield

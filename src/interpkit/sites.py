@@ -300,7 +300,15 @@ def validate(site: Site | str, model: Model) -> Site:
 
 
 def resolve(model: Model, name: str) -> Site | str:
-    """A site label -> validated Site; a hook name -> its canonical hook name; else SiteError."""
+    """A site label -> validated Site; a hook name -> its canonical hook name; else SiteError.
+
+    A label with a hook point of interpkit's own after it (``L12.resid_post.latents`` while a
+    dictionary is spliced there) resolves to that hook point's name.
+    """
+    base, dot, extra = name.rpartition(".")
+    if dot and extra in ("latents", "error") and base:
+        found = resolve(model, base)
+        return model.resolve_hook(f"{found.hook if isinstance(found, Site) else found}.{extra}")
     try:
         return validate(parse(name), model)
     except SiteError as site_error:

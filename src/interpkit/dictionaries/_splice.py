@@ -21,7 +21,12 @@ Positions 0 keep their activation when the dictionary was trained without them
 was ever learned; so do tokens whose activation is longer than the dictionary's
 ``meta["skip_norm_above"]`` (the attention-sink tokens its training left out).
 
-Latents and error terms are hook points of the splice, with TransformerLens's hook signature
+While the splice is open, the latents and error terms are also hook points of the *model*,
+``blocks.12.hook_resid_post.latents`` and ``.error`` (site labels ``L12.resid_post.latents``,
+``L12.mlp.latents``), so every engine reaches them as it reaches any site: ``ik.cache.run``,
+``ik.patch`` (per latent, per position), ``ik.attribute`` (AtP, IG per latent and position),
+probing, and the edge graph (:class:`interpkit.dictionaries.LatentSenders`). Through the splice
+itself they are hook points too, with TransformerLens's hook signature
 ``fn(tensor, hook) -> tensor | None`` and ``hook.name`` as below; what a hook returns replaces
 the latents before decoding (patching, ablation), ``None`` leaves them:
 
@@ -93,6 +98,15 @@ class Entry:
     def error_name(self) -> str:
         return f"{self.site}.error"
 
+    @property
+    def latents_hook(self) -> str:
+        """The model hook point of the latents (``blocks.12.hook_resid_post.latents``), live during the splice."""
+        return f"{self.write_hook}.latents"
+
+    @property
+    def error_hook(self) -> str:
+        return f"{self.write_hook}.error"
+
 
 def hook_of(model: Model, name: str) -> str:
     """The canonical hook name of a site label (``L12.resid_post``, ``L12.mlp``) or hook name."""
@@ -151,12 +165,16 @@ class Splice:
     """The running splice: its entries, hook points for latents and errors, and captured tensors."""
 
     def __init__(self, plan: list[Entry], error: bool, capture: bool) -> None:
+        from transformer_lens.hook_points import HookPoint
+
         self.entries = {e.site: e for e in plan}
         self.error = error
         self.capture = capture
         self.latents: dict[str, torch.Tensor] = {}
         self.errors: dict[str, torch.Tensor] = {}
         self._hooks: dict[str, list[HookFn]] = {}
+        # model-level hook points: what every engine (cache, patching, attribution, probing) hooks
+        self.points = {name: HookPoint() for e in plan for name in (e.latents_hook, e.error_hook)}
 
     def hook_names(self) -> list[str]:
         """Every hook point of the splice (``"{site}.latents"``, ``"{site}.error"``)."""
@@ -260,7 +278,8 @@ class Splice:
             with torch.no_grad():
                 clean = d.decode(z) if skip is None else d.decode(z) + skip
                 err = self._run_hooks(e.error_name, (act - clean.to(act.dtype)).detach())
-        z = self._run_hooks(e.latents_name, z)
+            err = self.points[e.error_hook](err)
+        z = self.points[e.latents_hook](self._run_hooks(e.latents_name, z))
         out = d.decode(z)
         out = (out if skip is None else out + skip).to(act.dtype)
         if err is not None:
@@ -301,5 +320,11 @@ def spliced(
     from interpkit.hooks import hooks
 
     splice = Splice(entries(model, dictionaries, skip_first), error, capture)
-    with hooks(model, fwd=splice.model_hooks()):
-        yield splice
+    try:
+        for name, point in splice.points.items():
+            model.attach_hook_point(name, point)
+        with hooks(model, fwd=splice.model_hooks()):
+            yield splice
+    finally:
+        for name in splice.points:
+            model.detach_hook_point(name)

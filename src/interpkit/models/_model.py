@@ -91,6 +91,7 @@ class Model:
             prepend_bos = bool(getattr(tokenizer, "add_bos_token", False)) if tokenizer else False
         self.prepend_bos = prepend_bos
         self.cfg = self._read_config()
+        self._extra_points: dict[str, Any] = {}  # hook points interpkit adds (a splice's latents)
         self._hook_groups = self._fold_hooks()
         self._anatomy: Any = None
 
@@ -140,7 +141,7 @@ class Model:
 
     def _fold_hooks(self) -> dict[str, list[str]]:
         by_point: dict[int, list[str]] = {}
-        for name, point in self.bridge.hook_dict.items():
+        for name, point in {**self.bridge.hook_dict, **self._extra_points}.items():
             by_point.setdefault(id(point), []).append(name)
         groups = {}
         for names in by_point.values():
@@ -163,7 +164,7 @@ class Model:
         """The canonical name of a hook point given any of its names; SiteError if unknown."""
         if name in self._hook_groups:
             return name
-        point = self.bridge.hook_dict.get(name)
+        point = self._extra_points.get(name) or self.bridge.hook_dict.get(name)
         if point is not None:
             for canonical, names in self._hook_groups.items():
                 if name in names:
@@ -172,7 +173,22 @@ class Model:
 
     def hook_point(self, name: str) -> Any:
         """The HookPoint module behind any name of it."""
-        return self.bridge.hook_dict[self.resolve_hook(name)]
+        name = self.resolve_hook(name)
+        return self._extra_points[name] if name in self._extra_points else self.bridge.hook_dict[name]
+
+    def attach_hook_point(self, name: str, point: Any) -> None:
+        """Make ``point`` (a TransformerLens ``HookPoint`` that some code of interpkit calls, such as a
+        splice's latents) a hook point of this model under ``name``, for every engine to hook."""
+        point.name = name
+        self._extra_points[name] = point
+        self.refresh_hooks()
+
+    def detach_hook_point(self, name: str) -> None:
+        """Remove a hook point :meth:`attach_hook_point` added (and any hooks left on it)."""
+        point = self._extra_points.pop(name, None)
+        if point is not None:
+            point.remove_hooks(including_permanent=True)
+        self.refresh_hooks()
 
     # ------------------------------------------------------------------ device and dtype
     @property
