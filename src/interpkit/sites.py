@@ -306,7 +306,7 @@ def resolve(model: Model, name: str) -> Site | str:
     dictionary is spliced there) resolves to that hook point's name.
     """
     base, dot, extra = name.rpartition(".")
-    if dot and extra in ("latents", "error") and base:
+    if dot and extra in ("latents", "error", "rest") and base:
         found = resolve(model, base)
         return model.resolve_hook(f"{found.hook if isinstance(found, Site) else found}.{extra}")
     try:

@@ -123,6 +123,7 @@ def setup(
     metric: str | None,
     extra_hooks: Sequence[str] = (),
     check: Any = 0,
+    latents: Sequence[int] | None = None,
 ) -> NodeRun:
     """Plan the sweep ``ik.patch`` would run and cache the site on both runs (``check`` is validated first)."""
     check_size(check)
@@ -131,7 +132,7 @@ def setup(
     get_metric(metric)
     task = task.to(model.device)
     model.check_tokens(task.clean)
-    plan = make_plan(model, site, task.n_pos, per_position, layers, positions, False, str_tokens(model, task))
+    plan = make_plan(model, site, task.n_pos, per_position, layers, positions, False, str_tokens(model, task), latents)
     needed = sorted(set(plan.layer))
     names = [model.resolve_hook(plan.hook(lay)) for lay in needed]
     hooks = [*names, *extra_hooks]
@@ -141,7 +142,7 @@ def setup(
     source_acts, target_acts = (
         (base["clean_acts"], base["corrupt_acts"]) if denoise else (base["corrupt_acts"], base["clean_acts"])
     )
-    options = {"site": site, "per_position": per_position, "layers": layers, "positions": positions}
+    options = {"site": site, "per_position": per_position, "layers": layers, "positions": positions, "latents": latents}
     return NodeRun(
         task, plan, needed, names, metric, direction, base, target, source, target_acts, source_acts, options
     )
@@ -215,6 +216,7 @@ def atp(
     *,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
+    latents: Sequence[int] | None = None,
     metric: str | None = None,
     check: int | str = DEFAULT_SAMPLE,
     seed: int = 0,
@@ -224,7 +226,7 @@ def atp(
     ``check``: size of the seeded sample of components also patched exactly; the correlations
     land in ``extras["check"]`` (0 turns the check off).
     """
-    run = setup(model, task, site, per_position, direction, layers, positions, metric, check=check)
+    run = setup(model, task, site, per_position, direction, layers, positions, metric, check=check, latents=latents)
     grads, target_values = target_gradients(
         model, run.task, run.target, run.names, run.metric, run.base["clean_logprobs"]
     )

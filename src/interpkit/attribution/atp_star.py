@@ -208,6 +208,7 @@ def atp_star(
     *,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
+    latents: Sequence[int] | None = None,
     metric: str | None = None,
     graddrop: bool = True,
     check: int | str = DEFAULT_SAMPLE,
@@ -226,7 +227,9 @@ def atp_star(
     if site in ("head_q", "head_k"):  # bad layers are reported by the plan, so only valid ones here
         site_layers = [lay for lay in (range(c.n_layers) if layers is None else layers) if 0 <= lay < c.n_layers]
         extra = [name for lay in site_layers for name in _qk_names(model, lay)]
-    run = setup(model, task, site, per_position, direction, layers, positions, metric, extra, check=check)
+    run = setup(
+        model, task, site, per_position, direction, layers, positions, metric, extra, check=check, latents=latents
+    )
     names = [_qk_names(model, lay)[2] for lay in run.layers] if run.plan.kind in QK_KINDS else run.names
     drops: list[int | None] = [None]
     if graddrop:

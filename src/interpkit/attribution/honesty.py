@@ -141,6 +141,7 @@ def subplan(plan: Plan, idx: Sequence[int]) -> Plan:
         pos=pick(plan.pos),
         dest=pick(plan.dest),
         src=pick(plan.src),
+        latent=pick(plan.latent),
         shape=(len(idx),),
     )
 

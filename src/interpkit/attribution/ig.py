@@ -48,6 +48,7 @@ def ig(
     ig_steps: int = 5,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
+    latents: Sequence[int] | None = None,
     metric: str | None = None,
     check: int | str = DEFAULT_SAMPLE,
     seed: int = 0,
@@ -64,7 +65,9 @@ def ig(
     c = model.cfg
     resid = [f"blocks.{lay}.hook_resid_pre" for lay in (range(c.n_layers) if layers is None else layers)]
     resid = [r for r in resid if r in model.bridge.hook_dict]
-    run = setup(model, task, site, per_position, direction, layers, positions, metric, resid, check=check)
+    run = setup(
+        model, task, site, per_position, direction, layers, positions, metric, resid, check=check, latents=latents
+    )
     fn = get_metric(run.metric)
     n = len(run.task)
     alphas = (torch.arange(steps, device=model.device, dtype=torch.float32) + 0.5) / steps

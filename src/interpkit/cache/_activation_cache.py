@@ -74,6 +74,14 @@ class ActivationCache:
                 if site.head_axis() is None:
                     return t
                 return t.select(site.head_axis(), site.hook_index(self.model.cfg.group_size))
+        base, _, extra = name.rpartition(".")
+        if extra in ("latents", "error", "rest") and base:  # a splice's hook point, by its site label
+            try:
+                found = f"{self._canonical(parse(base).hook)}.{extra}"
+            except SiteError:
+                found = ""
+            if found in store:
+                return store[found]
         hook = self._canonical(name)
         if hook in store:
             return store[hook]

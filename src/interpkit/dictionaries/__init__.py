@@ -6,8 +6,10 @@
 * :class:`Dictionary` holds the weights (``encode``, ``decode``, ``W_enc``, ``W_dec``, ...) and
   :func:`load` / :meth:`Dictionary.save` read and write interpkit's, SAELens's, sparsify's and
   circuit-tracer's layouts; :func:`load_transcoders` reads a folder of per-layer transcoders;
-* :func:`spliced` runs a model with dictionaries in place of the activations they reconstruct,
-  their latents readable and editable through hooks;
+* :func:`spliced` runs a model with dictionaries in place of the activations they reconstruct;
+  their latents are sites for every engine (``ik.patch(model, task, "L12.mlp.latents")``,
+  ``ik.attribute``, ``ik.cache.run``, probing) and, for dictionaries on MLP outputs, nodes of
+  the edge graph (``build_graph(model, senders=splice.senders())``: :class:`LatentSenders`);
 * :func:`evaluate` measures them (L0, FVU, dead and dense latents, CE loss recovered, KL, delta
   LM loss, shrinkage); :func:`dashboard` writes feature dashboards;
 * :func:`build_corpus` builds an offline text corpus (Shakespeare, Milton, Python's stdlib).
@@ -24,6 +26,8 @@ from interpkit.dictionaries._errors import DictionaryError as DictionaryError
 from interpkit.dictionaries._evaluate import evaluate as evaluate
 from interpkit.dictionaries._evaluate import report as report
 from interpkit.dictionaries._formats import load as load
+from interpkit.dictionaries._graph_kinds import LatentSenders as LatentSenders
+from interpkit.dictionaries._graph_kinds import RestSenders as RestSenders
 from interpkit.dictionaries._splice import Splice as Splice
 from interpkit.dictionaries._splice import spliced as spliced
 from interpkit.dictionaries._train import train as train
@@ -34,6 +38,8 @@ from interpkit.dictionaries.corpus import build_corpus as build_corpus
 __all__ = [
     "Dictionary",
     "DictionaryError",
+    "LatentSenders",
+    "RestSenders",
     "Splice",
     "build_corpus",
     "dashboard",

@@ -21,12 +21,15 @@ Positions 0 keep their activation when the dictionary was trained without them
 was ever learned; so do tokens whose activation is longer than the dictionary's
 ``meta["skip_norm_above"]`` (the attention-sink tokens its training left out).
 
-While the splice is open, the latents and error terms are also hook points of the *model*,
-``blocks.12.hook_resid_post.latents`` and ``.error`` (site labels ``L12.resid_post.latents``,
-``L12.mlp.latents``), so every engine reaches them as it reaches any site: ``ik.cache.run``,
-``ik.patch`` (per latent, per position), ``ik.attribute`` (AtP, IG per latent and position),
-probing, and the edge graph (:class:`interpkit.dictionaries.LatentSenders`). Through the splice
-itself they are hook points too, with TransformerLens's hook signature
+While the splice is open, the latents, the error term and the rest of what the splice writes
+are also hook points of the *model*: ``blocks.12.hook_resid_post.latents``, ``.error`` and
+``.rest`` (site labels ``L12.resid_post.latents``, ``L12.mlp.latents``, ``L12.mlp.rest``), so every
+engine reaches them as it reaches any site: ``ik.cache.run``, ``ik.patch`` (per latent, and per
+position), ``ik.attribute`` (AtP, AtP*, IG, exact; per latent and position), probing, and the edge
+graph (``splice.senders()``: the latents and the rest as sender nodes). What the splice writes is
+``Σ_i z_i W_dec[i] + rest``, the rest being ``b_dec``, the skip term and the error term (and the
+whole activation at tokens it leaves alone, where the latents are zero). Through the splice
+itself the latents and error are hook points too, with TransformerLens's hook signature
 ``fn(tensor, hook) -> tensor | None`` and ``hook.name`` as below; what a hook returns replaces
 the latents before decoding (patching, ablation), ``None`` leaves them:
 
@@ -77,6 +80,7 @@ class Entry:
     write_hook: str
     skip_first: bool
     max_norm: float | None = None
+    start_layer: int | None = 0  # where a forward that edits the latents can start (see start_layers())
 
     def skipped(self, act: torch.Tensor) -> torch.Tensor:
         """Which tokens ``(batch, pos)`` keep their activation: position 0 if ``skip_first``, and
@@ -107,6 +111,43 @@ class Entry:
     def error_hook(self) -> str:
         return f"{self.write_hook}.error"
 
+    @property
+    def rest_hook(self) -> str:
+        """The model hook point of everything the splice writes besides the latents' decoder
+        contributions (``b_dec``, the skip term, the error term): ``write = Σ z_i W_dec[i] + rest``."""
+        return f"{self.write_hook}.rest"
+
+
+def start_layers(model: Model, plan: Sequence[Entry], error: bool) -> list[int | None]:
+    """Per entry, the layer a forward that edits its latents can start at, from the residual
+    stream cached entering it: the earliest block the entry reads or writes in, and one block
+    earlier while some entry of the splice writes that block's incoming residual stream (a forward
+    started there would splice the cached, already spliced, value a second time). Below block 0
+    is the embedding: with the error term added back a second splice changes nothing (0),
+    without it there is no start (None).
+    """
+    import re
+
+    def layer_of(name: str) -> int | None:
+        found = re.match(r"blocks\.(\d+)\.", name)
+        return None if found is None else int(found.group(1))
+
+    entering = {
+        lay for e in plan if (lay := layer_of(e.write_hook)) is not None
+        and e.write_hook == model.resolve_hook(f"blocks.{lay}.hook_resid_pre")
+    }  # fmt: skip
+    out: list[int | None] = []
+    for e in plan:
+        layers = [layer_of(e.read_hook), layer_of(e.write_hook)]
+        if None in layers:
+            out.append(None)
+            continue
+        start = min(lay for lay in layers if lay is not None)
+        while start in entering:
+            start -= 1
+        out.append(start if start >= 0 else (0 if error else None))
+    return out
+
 
 def hook_of(model: Model, name: str) -> str:
     """The canonical hook name of a site label (``L12.resid_post``, ``L12.mlp``) or hook name."""
@@ -124,7 +165,7 @@ def hook_of(model: Model, name: str) -> str:
     return found
 
 
-def entries(model: Model, dictionaries: Any, skip_first: bool | None) -> list[Entry]:
+def entries(model: Model, dictionaries: Any, skip_first: bool | None, error: bool = True) -> list[Entry]:
     """The splice plan: ``{site: dictionary}`` or dictionaries carrying their own sites."""
     if isinstance(dictionaries, Dictionary):
         dictionaries = [dictionaries]
@@ -155,6 +196,8 @@ def entries(model: Model, dictionaries: Any, skip_first: bool | None) -> list[En
             read = hook_of(model, d.input_site)
         first = d.meta.get("training", {}).get("exclude_first", False) if skip_first is None else skip_first
         out.append(Entry(site, d, read, write, bool(first), d.meta.get("skip_norm_above")))
+    for e, start in zip(out, start_layers(model, out, error), strict=True):
+        e.start_layer = start
     writes = [e.write_hook for e in out]
     if len(set(writes)) != len(writes):
         raise DictionaryError(f"two dictionaries write the same hook: {writes}")
@@ -164,9 +207,10 @@ def entries(model: Model, dictionaries: Any, skip_first: bool | None) -> list[En
 class Splice:
     """The running splice: its entries, hook points for latents and errors, and captured tensors."""
 
-    def __init__(self, plan: list[Entry], error: bool, capture: bool) -> None:
+    def __init__(self, plan: list[Entry], error: bool, capture: bool, model: Any = None) -> None:
         from transformer_lens.hook_points import HookPoint
 
+        self.model = model
         self.entries = {e.site: e for e in plan}
         self.error = error
         self.capture = capture
@@ -174,7 +218,10 @@ class Splice:
         self.errors: dict[str, torch.Tensor] = {}
         self._hooks: dict[str, list[HookFn]] = {}
         # model-level hook points: what every engine (cache, patching, attribution, probing) hooks
-        self.points = {name: HookPoint() for e in plan for name in (e.latents_hook, e.error_hook)}
+        self.points = {name: HookPoint() for e in plan for name in (e.latents_hook, e.error_hook, e.rest_hook)}
+        for e in plan:  # what a sweep over the latents needs to know of them
+            self.points[e.latents_hook].width = e.dictionary.n_latents
+            self.points[e.latents_hook].start_layer = e.start_layer
 
     def hook_names(self) -> list[str]:
         """Every hook point of the splice (``"{site}.latents"``, ``"{site}.error"``)."""
@@ -195,6 +242,22 @@ class Splice:
 
     def reset_hooks(self) -> None:
         self._hooks.clear()
+
+    def senders(self, latents: Mapping[int | str, Sequence[int]] | None = None) -> list[Any]:
+        """Sender kinds for :func:`interpkit.graph.build_graph` with this splice's latents as nodes.
+
+        Embeddings and heads as usual; at each spliced MLP one sender per latent (``L1.mlp#17``)
+        and one for the rest (``L1.mlp#rest``: ``b_dec``, skip and error terms); whole MLPs
+        elsewhere. ``latents`` ({layer or site: indices}) keeps only those latents as nodes of their
+        own, the others of each spliced layer summed into one node ``L1.mlp#other`` (what an
+        attribution graph's circuit needs: a few latents, not tens of thousands). Only dictionaries
+        that write an MLP output qualify (GraphError otherwise).
+
+        >>> graph = build_graph(model, senders=splice.senders())   # doctest: +SKIP
+        """
+        from interpkit.dictionaries._graph_kinds import splice_senders
+
+        return splice_senders(self.model, list(self.entries.values()), latents)
 
     def _run_hooks(self, name: str, value: torch.Tensor) -> torch.Tensor:
         for fn in self._hooks.get(name, ()):
@@ -271,7 +334,10 @@ class Splice:
                 f"width {x.shape[-1]} and {e.write_hook} {act.shape[-1]}: wrong site or wrong dictionary"
             )
         d = d.to(device=act.device) if d.device != act.device else d
+        keep = e.skipped(act)  # tokens that keep their activation: no latent writes there
         z = d.encode(x)
+        if bool(keep.any()):
+            z = torch.where(keep[..., None], torch.zeros((), dtype=z.dtype, device=z.device), z)
         skip = d.skip(x)
         err = None
         if self.error:
@@ -280,13 +346,13 @@ class Splice:
                 err = self._run_hooks(e.error_name, (act - clean.to(act.dtype)).detach())
             err = self.points[e.error_hook](err)
         z = self.points[e.latents_hook](self._run_hooks(e.latents_name, z))
-        out = d.decode(z)
-        out = (out if skip is None else out + skip).to(act.dtype)
+        writes = d.decode(z) - d.b_dec  # Σ z_i W_dec[i]: what the latents themselves write
+        out = writes + d.b_dec if skip is None else writes + d.b_dec + skip
         if err is not None:
             out = out + err
-        skip = e.skipped(act)
-        if bool(skip.any()):
-            out = torch.where(skip[..., None], act, out)
+        if bool(keep.any()):
+            out = torch.where(keep[..., None], act.to(out.dtype), out)
+        out = (writes + self.points[e.rest_hook](out - writes)).to(act.dtype)
         if self.capture:
             self.latents[e.site] = z
             if err is not None:
@@ -319,7 +385,7 @@ def spliced(
     """
     from interpkit.hooks import hooks
 
-    splice = Splice(entries(model, dictionaries, skip_first), error, capture)
+    splice = Splice(entries(model, dictionaries, skip_first, error), error, capture, model)
     try:
         for name, point in splice.points.items():
             model.attach_hook_point(name, point)

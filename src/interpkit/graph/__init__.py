@@ -37,6 +37,7 @@ is one class:
 
 from interpkit.graph._builtin import RECEIVERS as RECEIVERS
 from interpkit.graph._builtin import SENDERS as SENDERS
+from interpkit.graph._builtin import MLPs as MLPs
 from interpkit.graph._endpoints import mode_context as mode_context
 from interpkit.graph._endpoints import receiver_mode as receiver_mode
 from interpkit.graph._endpoints import sender_hooks as sender_hooks
@@ -59,6 +60,7 @@ __all__ = [
     "Graph",
     "GraphError",
     "Group",
+    "MLPs",
     "Node",
     "NodeKind",
     "ReceiverKind",

@@ -51,14 +51,27 @@ class Heads(SenderKind):
 
 
 class MLPs(SenderKind):
-    """Each MLP's whole output (``hook_mlp_out``)."""
+    """Each MLP's whole output (``hook_mlp_out``); ``layers``: only those (a kind of another name).
 
-    name = "mlp"
+    >>> MLPs(layers=[0, 2], name="mlp_02").layers(type("Cfg", (), {"n_layers": 4})())
+    [0, 2]
+    """
+
     stage = 1
     component_kind = "mlp"
 
+    def __init__(self, layers: Any = None, name: str = "mlp") -> None:
+        self.only = None if layers is None else sorted(int(lay) for lay in layers)
+        self.name = name  # type: ignore[misc]
+
     def exists(self, cfg: Any) -> bool:
         return not cfg.attn_only
+
+    def layers(self, cfg: Any) -> list[int]:
+        return [lay for lay in range(cfg.n_layers) if self.only is None or lay in self.only]
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **({"layers": self.only} if self.only is not None else {})}
 
     def nodes(self, cfg: Any, layer: int) -> list[Node]:
         return [Node(f"L{layer}.mlp", "mlp", layer, None, 1, f"L{layer}.mlp")]

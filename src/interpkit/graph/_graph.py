@@ -119,15 +119,18 @@ def build_graph(
     cfg = model.cfg
     s_kinds = [get_kind("sender", k) for k in (SENDERS if senders is None else senders)]
     r_kinds = [get_kind("receiver", k) for k in (RECEIVERS if receivers is None else receivers)]
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, int], str] = {}
     for kind in s_kinds:
+        if not kind.exists(cfg):
+            continue
         part = getattr(kind, "component_kind", "") or kind.name
-        if part in seen:
-            raise GraphError(
-                f"sender kinds {seen[part]!r} and {kind.name!r} both write the {part} output: a graph's senders "
-                "must add up to the residual stream once"
-            )
-        seen[part] = kind.name
+        for layer in kind.layers(cfg):
+            if (part, layer) in seen:
+                raise GraphError(
+                    f"sender kinds {seen[part, layer]!r} and {kind.name!r} both write the {part} output of layer "
+                    f"{layer}: a graph's senders must add up to the residual stream once"
+                )
+            seen[part, layer] = kind.name
     s_nodes, s_groups, s_order = _layout(cfg, s_kinds)
     r_nodes, r_groups, r_order = _layout(cfg, r_kinds)
     so, ro = torch.tensor(s_order).reshape(-1, 2), torch.tensor(r_order).reshape(-1, 2)

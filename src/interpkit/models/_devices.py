@@ -86,3 +86,11 @@ def resolve_dtype(dtype: Any, device: Any = None) -> Any:
     if resolved is torch.bfloat16 and dev is not None and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError(f"dtype bfloat16 is not supported on {dev}; use float16 or float32")
     return resolved
+
+
+def check_device_dtype(device: Any, dtype: Any) -> None:
+    """Raise a DeviceError early when a device or dtype is unusable (used by loaders)."""
+    if device is not None:
+        resolve_device(device)
+    if dtype is not None:
+        resolve_dtype(dtype)

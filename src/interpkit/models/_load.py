@@ -18,7 +18,8 @@ from typing import Any
 
 from interpkit.errors import HubUnavailableError, ModelLoadError, ModelNotFoundError, closest
 from interpkit.models._checks import check_finite_weights, read_json_config, refuse_remote_code
-from interpkit.models._model import Model, check_device_dtype
+from interpkit.models._devices import check_device_dtype
+from interpkit.models._model import Model
 from interpkit.models._native import FORMAT, is_native_dir, load_native
 
 TOYS_DIR = Path(__file__).parent / "toys"

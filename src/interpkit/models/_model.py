@@ -397,14 +397,4 @@ class Model:
         )
 
 
-def check_device_dtype(device: Any, dtype: Any) -> None:
-    """Raise a DeviceError early when a device or dtype is unusable (used by loaders)."""
-    from interpkit.models._devices import resolve_device, resolve_dtype
-
-    if device is not None:
-        resolve_device(device)
-    if dtype is not None:
-        resolve_dtype(dtype)
-
-
-__all__ = ["DeviceError", "Model", "ModelConfig", "check_device_dtype"]
+__all__ = ["DeviceError", "Model", "ModelConfig"]

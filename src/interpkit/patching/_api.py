@@ -35,6 +35,7 @@ from interpkit.runtime import (
     component_mask,
     default_ablation,
     grid_rows,
+    latent_point,
     make_plan,
     masked_patch_hook,
     metric_rows,
@@ -90,6 +91,7 @@ def patch(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     pattern_positions: bool = False,
+    latents: Sequence[int] | None = None,
     metric: str | None = None,
     seed: int = 0,
     distributed: bool | None = None,
@@ -98,7 +100,9 @@ def patch(
 
     ``site``: resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_q, head_k,
     head_v, head_pattern; or labels naming the kind and layers, as elsewhere (``"L3.resid_post"``,
-    ``"L*.mlp"``, ``"L[0-5]H*"``: whole layers of heads). ``direction``: "denoise" (clean into corrupt) or "noise" (corrupt into
+    ``"L*.mlp"``, ``"L[0-5]H*"``: whole layers of heads); or, inside ``ik.dictionaries.spliced``,
+    a dictionary's latents (``"L12.mlp.latents"``: one patch per latent, ``latents=`` picks them,
+    dims ``(latent,)`` or ``(pos, latent)``). ``direction``: "denoise" (clean into corrupt) or "noise" (corrupt into
     clean). ``ablation`` (zero, mean, resample, counterfactual) replaces the activation in the
     clean run instead. Scores are the task metric (``Result.normalised()``: clean 1, corrupt 0).
     ``batch_size``: rows (patch x example) per forward; default from free memory, halved on
@@ -113,10 +117,10 @@ def patch(
     get_metric(metric)
     task = task.to(model.device)
     model.check_tokens(task.clean)
-    if site not in PATCH_SITES:  # a label or wildcard (L3.resid_post, L*.mlp, L3H*) names the kind and layers
-        site, layers = sweep_of(model, site, layers)
+    if site not in PATCH_SITES and latent_point(model, site) is None:
+        site, layers = sweep_of(model, site, layers)  # a label or wildcard (L3.resid_post, L*.mlp, L3H*)
     plan = make_plan(
-        model, site, task.n_pos, per_position, layers, positions, pattern_positions, _str_tokens(model, task)
+        model, site, task.n_pos, per_position, layers, positions, pattern_positions, _str_tokens(model, task), latents
     )
     n_examples = len(task)
     group = join(model, distributed, error=PatchingError)

@@ -92,7 +92,8 @@ def _spec(model: Model, name: Any, wild: bool) -> SiteSpec | None:
             if wild:
                 return None
             raise SiteError(f"hook {found!r} holds attention patterns, not one vector per token")
-        return SiteSpec(found, found)
+        spliced = found.endswith((".latents", ".error", ".rest"))  # a splice's point: keep its site label
+        return SiteSpec(name if spliced and isinstance(name, str) else found, found)
     if found.kind in _NOT_VECTORS:
         if wild:
             return None
@@ -187,8 +188,12 @@ def collect_rows(
 
 
 def site_width(model: Model, spec: SiteSpec) -> int:
-    """The width of a site's vector, from the model config (d_model, d_head or d_mlp)."""
+    """The width of a site's vector, from the model config (d_model, d_head or d_mlp), or from a
+    hook point that states it (a spliced dictionary's latents)."""
     c = model.cfg
+    stated = getattr(model.hook_point(spec.hook), "width", None)
+    if stated is not None:
+        return int(stated)
     if spec.head_axis is not None:
         return c.d_head
     if spec.hook.endswith(("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear")) and c.d_mlp:

@@ -65,6 +65,7 @@ from interpkit.runtime._plan import HEAD_KINDS as HEAD_KINDS
 from interpkit.runtime._plan import PATCH_SITES as PATCH_SITES
 from interpkit.runtime._plan import Plan as Plan
 from interpkit.runtime._plan import component_mask as component_mask
+from interpkit.runtime._plan import latent_point as latent_point
 from interpkit.runtime._plan import make_plan as make_plan
 from interpkit.runtime._plan import masked_patch_hook as masked_patch_hook
 from interpkit.runtime._plan import patch_mask as patch_mask
@@ -112,6 +113,7 @@ __all__ = [
     "grad_rows",
     "grid_rows",
     "is_oom",
+    "latent_point",
     "make_plan",
     "masked_patch_hook",
     "mean_activation",

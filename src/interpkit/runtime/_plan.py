@@ -52,6 +52,8 @@ class Plan:
     labels: dict[str, list[str]]
     shape: tuple[int, ...]
     note: str = ""
+    latent: list[int] | None = None  # kind "latents": the latent each patch edits
+    site_label: str = ""  # kind "latents": the site the dictionary is spliced at (``L12.mlp``)
 
     def __len__(self) -> int:
         return len(self.layer)
@@ -64,7 +66,9 @@ class Plan:
         out = []
         for i, layer in enumerate(self.layer):
             head = self.head[i] if self.head is not None else None
-            if self.kind in ("kv_k", "kv_v"):
+            if self.latent is not None:
+                base = f"{self.site_label}#{self.latent[i]}"
+            elif self.kind in ("kv_k", "kv_v"):
                 base = f"L{layer}KV{head}.{self.kind[-1]}"
             elif head is not None:
                 base = f"L{layer}H{head}" + {"z": "", "q": ".q", "pattern": ".pattern"}[self.kind]
@@ -87,21 +91,76 @@ def _check_positions(positions: list[int] | None, n_pos: int) -> list[int]:
     return [p % n_pos for p in positions]
 
 
-def make_plan(
-    model: Model,
+def latent_point(model: Model, site: Any) -> tuple[str, Any] | None:
+    """(hook name, hook point) of the latents of a dictionary spliced into ``model`` that ``site``
+    names (``"L12.mlp.latents"``, ``"blocks.12.hook_mlp_out.latents"``); None for any other site."""
+    if not isinstance(site, str) or not site.endswith(".latents"):
+        return None
+    from interpkit.sites import resolve
+
+    try:
+        name = resolve(model, site)
+    except SiteError:
+        raise SiteError(
+            f"{site!r} names a dictionary's latents, but none is spliced there; "
+            "run inside `with ik.dictionaries.spliced(model, {site: dictionary}):`"
+        ) from None
+    point = model.hook_point(name) if isinstance(name, str) else None
+    return (name, point) if getattr(point, "width", None) is not None else None
+
+
+def _latent_plan(
     site: str,
+    name: str,
+    point: Any,
     n_pos: int,
-    per_position: bool = False,
-    layers: list[int] | None = None,
-    positions: list[int] | None = None,
-    pattern_positions: bool = False,
-    pos_labels: list[str] | None = None,
+    per_position: bool,
+    positions: list[int] | None,
+    latents: Any,
+    pos_labels: list[str] | None,
 ) -> Plan:
-    """The plan for sweeping ``site`` over layers (and heads, and positions if asked)."""
-    if site not in PATCH_SITES:
-        raise unknown("patch site", site, PATCH_SITES, SiteError)
-    kind, template = PATCH_SITES[site]
+    """One patch per latent (and per position): the dictionary's latents as components."""
+    width, start = int(point.width), point.start_layer
+    if start is None:
+        raise SiteError(
+            f"the latents at {site!r} are spliced into the embedding without the error term: a patched "
+            "forward cannot start after the splice; splice with error=True"
+        )
+    chosen = list(range(width)) if latents is None else [int(i) for i in latents]
+    bad = [i for i in chosen if not 0 <= i < width]
+    if bad or not chosen:
+        raise SiteError(f"latents {bad or chosen} are out of range: the dictionary at {site!r} has 0..{width - 1}")
+    tok = pos_labels or [str(p) for p in range(n_pos)]
+    pos_list = _check_positions(positions, n_pos) if per_position else None
+    if pos_list is None:
+        grid = [(None, i) for i in chosen]
+        dims, shape = ("latent",), (len(chosen),)
+        labels = {"latent": [str(i) for i in chosen]}
+    else:
+        grid = [(p, i) for p in pos_list for i in chosen]
+        dims, shape = ("pos", "latent"), (len(pos_list), len(chosen))
+        labels = {
+            "pos": [f"{tok[p]} ({p})" if tok[p] != str(p) else str(p) for p in pos_list],
+            "latent": [str(i) for i in chosen],
+        }
+    pos = None if pos_list is None else [g[0] for g in grid]
+    return Plan(
+        "latents", name, [start] * len(grid), None, pos, None, None, dims, labels, shape,
+        latent=[g[1] for g in grid], site_label=site.removesuffix(".latents"),
+    )  # fmt: skip
+
+
+def _check_kind(model: Model, kind: str, layers: list[int], per_position: bool, pattern_positions: bool) -> None:
+    """SiteError where ``model`` has no site of ``kind`` (no MLP, or no resid_mid) or ``layers``,
+    or the position options do not fit the kind."""
     c = model.cfg
+    bad = [lay for lay in layers if not 0 <= lay < c.n_layers]
+    if bad:
+        raise SiteError(f"layers {bad} are out of range (model has {c.n_layers} layers, 0..{c.n_layers - 1})")
+    if pattern_positions and kind != "pattern":
+        raise SiteError("pattern_positions=True applies to site 'head_pattern' only")
+    if per_position and kind == "pattern":
+        raise SiteError("for 'head_pattern' use pattern_positions=True (destination x source) instead of per_position")
     if kind == "mlp_out" and c.attn_only:
         raise SiteError(f"site 'mlp_out' is not in {model.name}: the model is attention-only")
     if kind == "resid_mid" and c.attn_only:
@@ -111,15 +170,38 @@ def make_plan(
             f"site 'resid_mid' is not in {model.name}: its attention and MLP run in parallel on resid_pre "
             "(patch resid_pre, attn_out or mlp_out instead)"
         )
+
+
+def make_plan(
+    model: Model,
+    site: str,
+    n_pos: int,
+    per_position: bool = False,
+    layers: list[int] | None = None,
+    positions: list[int] | None = None,
+    pattern_positions: bool = False,
+    pos_labels: list[str] | None = None,
+    latents: Any = None,
+) -> Plan:
+    """The plan for sweeping ``site`` over layers (and heads, and positions if asked).
+
+    ``site`` may name a spliced dictionary's latents (``"L12.mlp.latents"``): one patch per
+    latent (``latents``: which, default all), per position if asked; ``layers`` does not apply.
+    """
+    found = latent_point(model, site)
+    if found is not None:
+        if layers is not None or pattern_positions:
+            raise SiteError(f"layers= and pattern_positions= do not apply to the latents site {site!r}")
+        return _latent_plan(site, *found, n_pos, per_position, positions, latents, pos_labels)
+    if latents is not None:
+        raise SiteError(f"latents= applies to a spliced dictionary's latents site ('L12.mlp.latents'), not {site!r}")
+    if site not in PATCH_SITES:
+        raise unknown("patch site", site, PATCH_SITES, SiteError)
+    kind, template = PATCH_SITES[site]
+    c = model.cfg
     layer_list = list(range(c.n_layers)) if layers is None else list(layers)
-    bad = [lay for lay in layer_list if not 0 <= lay < c.n_layers]
-    if bad:
-        raise SiteError(f"layers {bad} are out of range (model has {c.n_layers} layers, 0..{c.n_layers - 1})")
+    _check_kind(model, kind, layer_list, per_position, pattern_positions)
     pos_list = _check_positions(positions, n_pos) if (per_position or pattern_positions) else None
-    if pattern_positions and kind != "pattern":
-        raise SiteError("pattern_positions=True applies to site 'head_pattern' only")
-    if per_position and kind == "pattern":
-        raise SiteError("for 'head_pattern' use pattern_positions=True (destination x source) instead of per_position")
     n_heads = c.n_kv_heads if kind in ("kv_k", "kv_v") else c.n_heads
     heads = list(range(n_heads)) if kind in HEAD_KINDS else [None]
     tok = pos_labels or [str(p) for p in range(n_pos)]
@@ -177,6 +259,14 @@ def patch_mask(plan: Plan, rows: list[int], act_shape: torch.Size, device: Any) 
     n = len(rows)
     idx = torch.arange(n, device=device)
     r = torch.tensor(rows, device=device)
+    if plan.latent is not None:  # (batch, pos, n_latents)
+        mask = torch.zeros((n, act_shape[1], act_shape[2]), dtype=torch.bool, device=device)
+        which = torch.tensor(plan.latent, device=device)[r]
+        if plan.pos is None:
+            mask[idx, :, which] = True
+        else:
+            mask[idx, torch.tensor(plan.pos, device=device)[r], which] = True
+        return mask
     if plan.kind == "pattern":  # (batch, head, q, k)
         full = plan.dest is not None
         mask = torch.zeros(
