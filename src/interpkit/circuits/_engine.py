@@ -74,6 +74,12 @@ def as_masks(model: Model, circuits: Any, graph: Graph | None = None) -> torch.T
                 raise CircuitError(f"expected Circuit objects or an edge-mask tensor, got {type(c).__name__}")
             c.check_model(model)
         graph = graph or (circuits[0].graph if circuits else build_graph(model))
+        other = [i for i, c in enumerate(circuits) if c.graph.hash() != graph.hash()]
+        if other:
+            raise CircuitError(
+                f"circuits {other} are over another graph than circuit 0 (or the graph given): "
+                "evaluate circuits of different graphs in separate calls"
+            )
         masks = torch.stack([c.mask() for c in circuits]) if circuits else torch.zeros(0, *graph.mask.shape)
     else:
         graph = graph or build_graph(model)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from interpkit.errors import InterpkitError
+from interpkit.graph import GraphError as EdgeGraphError
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from interpkit.models import Model
 
 
-class GraphError(InterpkitError):
-    """An attribution graph cannot be built or used as asked."""
+class GraphError(EdgeGraphError):
+    """An attribution graph cannot be built or used as asked (an :class:`interpkit.graph.GraphError`)."""
 
 
 def linear_t(norm: FinalNorm | None, g: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

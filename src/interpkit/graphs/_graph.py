@@ -194,6 +194,17 @@ class Graph:
 
         return figure_for(self, "attribution_graph", **kwargs)
 
+    def circuit(self, model: Any, splice: Any) -> Any:
+        """This graph's features and errors as an :class:`interpkit.circuits.Circuit` over ``splice``'s
+        sender graph, for faithfulness in the live model (see :mod:`interpkit.graphs._circuit`).
+
+        >>> with ik.dictionaries.spliced(model, transcoders) as splice:     # doctest: +SKIP
+        ...     ik.faithfulness(model, task, graph.prune().circuit(model, splice), "zero")
+        """
+        from interpkit.graphs._circuit import graph_circuit
+
+        return graph_circuit(self, model, splice)
+
     def viewer(self, path: str | Path, **kwargs: Any) -> Path:
         """Write the self-contained HTML viewer of this graph (see :func:`interpkit.graphs.write_viewer`)."""
         from interpkit.graphs._viewer import write_viewer
