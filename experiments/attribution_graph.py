@@ -3,8 +3,8 @@ strongest induction head.
 
 Usage:
     .venv/bin/python experiments/attribution_graph.py                        # neuron graphs (about 3 min, 1 thread)
-    .venv/bin/python experiments/quick_transcoders.py --text ...             # + quick stand-in transcoders
-    .venv/bin/python experiments/attribution_graph.py --transcoders runs/transcoders   # + transcoder graphs
+    .venv/bin/python experiments/train_transcoders.py --tokens 100000 --group 5 --out runs/transcoders_100k
+    .venv/bin/python experiments/attribution_graph.py --transcoders runs/transcoders_100k   # + transcoder graphs
     .venv/bin/python experiments/attribution_graph.py --max_feature_nodes 256 --out runs/graph_small
 
 Ameisen et al. 2025 ("Circuit Tracing"): for a factual prompt ("The capital of France is") and an
@@ -18,8 +18,12 @@ induction prompt (a repeated phrase), this script builds
    memory, and its verification: the top nodes by influence ablated one at a time in the real
    model, predicted vs actual change of the top logit (Spearman, sign agreement; attention frozen
    and not);
-3. the viewer (one self-contained HTML page per graph) and circuit-tracer JSON of the pruned graph;
-4. the QK attribution of the strongest induction head (found by induction score on repeated random
+3. for trained transcoders, each graph as a circuit of the live model (``Graph.circuit``: its
+   features kept, the dictionaries' other latents zero-ablated, attention running): the
+   faithfulness of the unpruned and the pruned graph on the prompt's top-vs-second logit
+   difference;
+4. the viewer (one self-contained HTML page per graph) and circuit-tracer JSON of the pruned graph;
+5. the QK attribution of the strongest induction head (found by induction score on repeated random
    tokens): its score at the induction offset as (query term x key term), and its head loadings.
 
 Writes runs/attribution_graph/ (or --out): result.json, report.html, graph_*.json, viewer_*.html.
@@ -101,12 +105,29 @@ def build(model: ik.Model, prompt: str, features: Any, name: str, cfg: Config, o
         "top_logits": logits[:5],
         "verification": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in check.items()},
     }
+    if isinstance(features, dict) and all(isinstance(tc, ik.dictionaries.Dictionary) for tc in features.values()):
+        summary["circuit_faithfulness_zero"] = circuit_faithfulness(model, graph, pruned, features)
     print(
         f"{name}: {len(graph)} nodes, {graph.n_edges} edges, {seconds:.0f} s; scores {summary['scores']}; "
         f"Spearman {check.get('spearman_frozen', float('nan')):.2f} (frozen) "
         f"{check.get('spearman_unfrozen', float('nan')):.2f} (unfrozen)"
     )
     return {"summary": summary, "figure": pruned.figure(title=f"{name}: pruned attribution graph of {prompt!r}")}
+
+
+def circuit_faithfulness(model: ik.Model, graph: Any, pruned: Any, transcoders: dict) -> dict[str, float]:
+    """Faithfulness (zero ablation of the other latents, live attention) of the graph and its pruning,
+    on the logit difference between the model's top two next tokens."""
+    ids = torch.tensor([graph.tokens])
+    with torch.no_grad():
+        top2 = model(ids)[0, -1].topk(2).indices.tolist()
+    task = ik.tasks.from_token_lists("prompt", model, [graph.tokens], [graph.tokens], [top2[0]], [top2[1]])
+    out = {}
+    with ik.dictionaries.spliced(model, list(transcoders.values()), skip_first=True) as splice:
+        for name, g in (("unpruned", graph), ("pruned", pruned)):
+            rep = ik.faithfulness(model, task, g.circuit(model, splice), "zero", n_boot=10)
+            out[name] = round(float(rep.scores[0]), 4)
+    return out
 
 
 def strongest_induction_head(model: ik.Model, cfg: Config) -> tuple[ik.Task, int, int, float]:
