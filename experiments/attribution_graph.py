@@ -18,8 +18,9 @@ induction prompt (a repeated phrase), this script builds
    memory, and its verification: the top nodes by influence ablated one at a time in the real
    model, predicted vs actual change of the top logit (Spearman, sign agreement; attention frozen
    and not);
-3. for trained transcoders, each graph as a circuit of the live model (``Graph.circuit``: its
-   features kept, the dictionaries' other latents zero-ablated, attention running): the
+3. for neurons and trained transcoders, each graph as a circuit of the live model
+   (``Graph.circuit``: its features kept, the other neurons or latents zero-ablated, attention
+   running): the
    faithfulness of the unpruned and the pruned graph on the prompt's top-vs-second logit
    difference;
 4. the viewer (one self-contained HTML page per graph) and circuit-tracer JSON of the pruned graph;
@@ -31,6 +32,7 @@ Writes runs/attribution_graph/ (or --out): result.json, report.html, graph_*.jso
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import time
@@ -105,8 +107,11 @@ def build(model: ik.Model, prompt: str, features: Any, name: str, cfg: Config, o
         "top_logits": logits[:5],
         "verification": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in check.items()},
     }
-    if isinstance(features, dict) and all(isinstance(tc, ik.dictionaries.Dictionary) for tc in features.values()):
-        summary["circuit_faithfulness_zero"] = circuit_faithfulness(model, graph, pruned, features)
+    trained = isinstance(features, dict) and all(isinstance(tc, ik.dictionaries.Dictionary) for tc in features.values())
+    if features == "neurons" or trained:
+        summary["circuit_faithfulness_zero"] = circuit_faithfulness(
+            model, graph, pruned, None if features == "neurons" else features
+        )
     print(
         f"{name}: {len(graph)} nodes, {graph.n_edges} edges, {seconds:.0f} s; scores {summary['scores']}; "
         f"Spearman {check.get('spearman_frozen', float('nan')):.2f} (frozen) "
@@ -115,15 +120,18 @@ def build(model: ik.Model, prompt: str, features: Any, name: str, cfg: Config, o
     return {"summary": summary, "figure": pruned.figure(title=f"{name}: pruned attribution graph of {prompt!r}")}
 
 
-def circuit_faithfulness(model: ik.Model, graph: Any, pruned: Any, transcoders: dict) -> dict[str, float]:
-    """Faithfulness (zero ablation of the other latents, live attention) of the graph and its pruning,
-    on the logit difference between the model's top two next tokens."""
+def circuit_faithfulness(model: ik.Model, graph: Any, pruned: Any, transcoders: dict | None) -> dict[str, float]:
+    """Faithfulness (zero ablation of the other latents or neurons, live attention) of the graph and
+    its pruning, on the logit difference between the model's top two next tokens."""
     ids = torch.tensor([graph.tokens])
     with torch.no_grad():
         top2 = model(ids)[0, -1].topk(2).indices.tolist()
     task = ik.tasks.from_token_lists("prompt", model, [graph.tokens], [graph.tokens], [top2[0]], [top2[1]])
     out = {}
-    with ik.dictionaries.spliced(model, list(transcoders.values()), skip_first=True) as splice:
+    with contextlib.ExitStack() as stack:
+        splice = None
+        if transcoders is not None:
+            splice = stack.enter_context(ik.dictionaries.spliced(model, list(transcoders.values()), skip_first=True))
         for name, g in (("unpruned", graph), ("pruned", pruned)):
             rep = ik.faithfulness(model, task, g.circuit(model, splice), "zero", n_boot=10)
             out[name] = round(float(rep.scores[0]), 4)

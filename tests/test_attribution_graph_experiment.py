@@ -52,6 +52,7 @@ def test_attribution_graph_experiment_end_to_end(embedded_tokenizer, tmp_path):
     live = summary["graphs"]["factual_transcoders"]["circuit_faithfulness_zero"]
     assert set(live) == {"unpruned", "pruned"} and all(abs(v) < 1e6 for v in live.values())
     assert "circuit_faithfulness_zero" not in summary["graphs"]["factual_untrained"]
+    assert set(neurons["circuit_faithfulness_zero"]) == {"unpruned", "pruned"}
     assert len(neurons["verification"]["nodes"]) == 3
     assert summary["qk"]["head"].startswith("L") and summary["qk"]["residual_error"] < 1e-3
     result = json.loads((tmp_path / "result.json").read_text())

@@ -82,3 +82,47 @@ def test_graph_circuit_bad_inputs(setup, tiny_llama):
     with spliced(model, every, skip_first=False) as splice, pytest.raises(GraphError, match="skip_first=True"):
         graph.circuit(model, splice)
     assert issubclass(GraphError, ik.graph.GraphError)
+
+
+@pytest.mark.parametrize("skip_first", [True, False])
+def test_neuron_graph_circuit_equals_literal_silencing(tiny_llama, skip_first):
+    model = tiny_llama
+    graph = ik.graphs.attribute(model, PROMPT, max_feature_nodes=40, verify=0, skip_first_position=skip_first)
+    with torch.no_grad():
+        top2 = model(torch.tensor([PROMPT]))[0, -1].topk(2).indices.tolist()
+    task = ik.tasks.from_token_lists("graph", model, [PROMPT], [PROMPT], [top2[0]], [top2[1]])
+    circ = graph.circuit(model)
+    assert any(e.startswith("L1.mlp#") and "#other" not in e for e in circ.edges)
+    assert not any("#other" in e for e in circ.edges)
+    keep = {}
+    for n in graph.nodes:
+        if n.kind == "neuron":
+            keep.setdefault(n.layer, []).append(n.feature)
+    fwd = []
+    for layer in range(model.cfg.n_layers):
+        mask = torch.zeros(model.cfg.d_mlp)
+        mask[keep.get(layer, [])] = 1
+
+        def only(act, hook, mask=mask):
+            out = act * mask.to(act.dtype)
+            if skip_first:
+                out[:, 0] = act[:, 0]  # the graph held the first position constant
+            return out
+
+        fwd.append((f"blocks.{layer}.mlp.hook_post", only))
+    with torch.no_grad(), hooks(model, fwd=fwd):
+        want = evaluate(model(task.clean), task).mean().item()
+    rep = ik.faithfulness(model, task, circ, "zero", n_boot=10)
+    assert rep.meta["m_circuit"][0] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(GraphError, match="needs no splice"):
+        graph.circuit(model, object())
+
+
+def test_neuron_senders_bad_input(tiny_llama, toy):
+    from interpkit.graph import neuron_senders
+
+    for bad, match in [({9: [1]}, "layers 0"), ({0: [tiny_llama.cfg.d_mlp]}, "out of range")]:
+        with pytest.raises(ik.graph.GraphError, match=match):
+            neuron_senders(tiny_llama, bad)
+    with pytest.raises(ik.graph.GraphError, match="no MLPs"):
+        neuron_senders(toy, {0: [1]})

@@ -45,6 +45,7 @@ from interpkit.graph._endpoints import sender_outputs as sender_outputs
 from interpkit.graph._graph import Graph as Graph
 from interpkit.graph._graph import Group as Group
 from interpkit.graph._graph import build_graph as build_graph
+from interpkit.graph._neurons import neuron_senders as neuron_senders
 from interpkit.graph._nodes import GraphError as GraphError
 from interpkit.graph._nodes import Node as Node
 from interpkit.graph._nodes import NodeKind as NodeKind
@@ -69,6 +70,7 @@ __all__ = [
     "get_kind",
     "kinds",
     "mode_context",
+    "neuron_senders",
     "receiver_mode",
     "register_kind",
     "sender_hooks",

@@ -194,9 +194,9 @@ class Graph:
 
         return figure_for(self, "attribution_graph", **kwargs)
 
-    def circuit(self, model: Any, splice: Any) -> Any:
-        """This graph's features and errors as an :class:`interpkit.circuits.Circuit` over ``splice``'s
-        sender graph, for faithfulness in the live model (see :mod:`interpkit.graphs._circuit`).
+    def circuit(self, model: Any, splice: Any = None) -> Any:
+        """This graph's features as an :class:`interpkit.circuits.Circuit` of the live model (over
+        ``splice``'s sender graph for transcoders; none for neurons): see :mod:`interpkit.graphs._circuit`.
 
         >>> with ik.dictionaries.spliced(model, transcoders) as splice:     # doctest: +SKIP
         ...     ik.faithfulness(model, task, graph.prune().circuit(model, splice), "zero")
