@@ -103,6 +103,13 @@ def test_markers_are_known_and_skips_give_a_reason():
 _MODELS: dict[str, object] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _drop_cached_models():
+    """The cached models live for this module only (the embedded model holds about 0.6 GB)."""
+    yield
+    _MODELS.clear()
+
+
 @pytest.fixture
 def readme_dir(tmp_path, monkeypatch):
     """A scratch working directory with ``experiments/`` linked in, and ``ik.load_model(spec)`` cached."""
