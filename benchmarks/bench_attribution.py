@@ -171,8 +171,8 @@ def main() -> None:
             emit(what="EAP, transformer_lens attribution_patch (edge)", s=round(s, 2), units=round(s / u, 2))
         except Exception as exc:  # report, do not hide, what transformer_lens says
             emit(what="EAP, transformer_lens attribution_patch (edge)", error=f"{type(exc).__name__}: {exc}"[:300])
-    except ImportError as exc:
-        emit(what="transformer_lens attribution_patch", error=str(exc))
+    except Exception as exc:  # ImportError, or transformer_lens's tool failing on this model: report it
+        emit(what="transformer_lens attribution_patch", error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 if __name__ == "__main__":
