@@ -1,7 +1,7 @@
 """The IOI circuit in the embedded model: which edge method and which ablation find a faithful circuit.
 
 Usage:
-    .venv/bin/python experiments/ioi_circuit.py --n 8 --threads 1          # the study below (MEASURED)
+    .venv/bin/python experiments/ioi_circuit.py --n 8 --threads 1          # the study below (measured: 29 min)
     .venv/bin/python experiments/ioi_circuit.py --edge_methods eap,hybrid --ablations counterfactual
     .venv/bin/python experiments/ioi_circuit.py --model path/to/hf_dir --device cuda --dtype bfloat16
 
@@ -31,7 +31,28 @@ has (``--edge_methods``; ``name:steps`` sets an EAP-IG method's steps):
 Writes runs/ioi_circuit/ (or --out): result.json (summary + provenance), one JSON per Result,
 circuit.json (the recommended circuit) and report.html.
 
-MEASURED (RESULTS_PENDING)
+Measured (2026-12, embedded SmolLM2-135M, 8 prompts of template 0, one torch thread on a 2-core
+CPU shared with other jobs: 28 min 49 s wall, 20 min CPU; 5 GB peak memory), command
+``python experiments/ioi_circuit.py --n 8 --threads 1``; 70,651 edges; clean logit difference
++5.79, corrupt -0.58. Agreement with exact edge patching on 71 shared edges (23 top, 48 random)
+and the smallest circuit reaching 0.8 (edges after pruning, faithfulness, heads touched):
+
+    method        scores  Spearman  Pearson  Spearman(random)  mean ablation        counterfactual
+    eap             10 s    0.52     0.15        0.88          4645 (0.805), 225 h  5633 (0.801), 238 h
+    eap-ig:5        16 s    0.44     0.46        0.69           633 (0.847),  52 h  4482 (0.828), 227 h
+    eap-ig:20       53 s    0.46     0.45        0.70           651 (0.850),  50 h  5428 (0.801), 234 h
+    hybrid (eap)   151 s    0.96*    1.00*       0.88          4978 (0.802), 232 h 13529 (0.801), 261 h
+    eap-ig-act:5   437 s    0.49     0.44        0.88          4506 (0.801), 224 h  8164 (0.806), 243 h
+
+(* the hybrid's 256 candidates carry exact scores, so its agreement on them is by construction;
+EAP's own estimate on them: Spearman 0.32.) Every method reaches 0.8 under both ablations.
+EAP-IG (5 steps) finds the smallest circuit under both, 7x smaller than any other under mean
+ablation; 20 steps change nothing; per-edge agreement with exact patching does not predict
+circuit size (the hybrid, exact on its candidates, gives the largest circuits). Recommended:
+EAP-IG, 5 steps (the library's default method); its circuit is 7x smaller under mean ablation
+(633 edges) than under counterfactual (4482). Each discovery (one method, one ablation) takes
+75-125 s; the curves are not monotone (EAP-IG, mean: 0.47 at 512, 0.85 at 728, 1.00 at 2048,
+0.75 at 4096 top edges). See docs/attribution.md, "IOI on the embedded model".
 """
 
 from __future__ import annotations
@@ -311,7 +332,7 @@ def main(cfg: Config) -> dict:
     sections += node_sections
 
     scores, costs = edge_part(model, task, cfg, tick)
-    results |= {f"edge_{m}": r for m, r in scores.items()}
+    results |= {f"edge_{m.replace(':', '_')}": r for m, r in scores.items()}  # no ":" in file names
     summary["edge"] = {
         m: {"top": r.top(10), "n_edges": len(r.labels["edge"]), "seconds": round(costs[m], 1)}
         | ({"hybrid_check": _plain(r.extras["check"])} if r.meta.get("method") == "hybrid" else {})

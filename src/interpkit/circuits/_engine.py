@@ -12,9 +12,9 @@ query, key or value input, an MLP's input, the final residual read by the unembe
 changes u's inputs and so its output, and the edges leaving u must carry that changed output.
 The engine captures every sender's output with a forward hook as the forward proceeds
 (``embed`` at ``blocks.0.hook_resid_pre``, head h at ``attn.hook_z @ W_O[h]``, MLPs at
-``hook_mlp_out``) into one ``(rows, pos, sender, d_model)`` buffer of differences to the
-source, and each receiver hook subtracts one einsum of that buffer against the rows' removed
-edges. ``split_inputs`` gives every head its own q/k/v input, so edges into different heads of
+``hook_mlp_out``) into one ``(rows, sender, pos, d_model)`` buffer of differences to the
+source, and each receiver hook subtracts one batched matmul of the rows' removed edges against
+that buffer (a layer's q, k and v inputs read the same senders and share one). ``split_inputs`` gives every head its own q/k/v input, so edges into different heads of
 one layer differ; under grouped-query attention keys and values are per KV head. Where the
 bridge has no per-head input hooks (the attention class of interpkit's native toys), the change
 is applied after the projection instead, at ``attn.hook_q/k/v`` as ``change @ W_Q[h]`` etc.,
@@ -170,7 +170,7 @@ class EdgeRunner:
         model, graph = self.model, self.graph
         n_pos, d_model = self.task.n_pos, src.shape[3]
         # (rows, sender, pos, d_model): the senders before a receiver are one contiguous block, so each
-        # receiver's change is one batched matmul over it (no transposed copy of the buffer, as einsum made)
+        # receiver's change is one batched matmul over it, with no transposed copy of the buffer
         delta = torch.zeros(n, src.shape[2], n_pos, d_model, dtype=src.dtype, device=src.device)
         hooks: list[tuple[str, Any]] = []
 
