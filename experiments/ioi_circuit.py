@@ -43,15 +43,18 @@ and the smallest circuit reaching 0.8 (edges after pruning, faithfulness, heads 
     eap-ig:20       53 s    0.46     0.45        0.70           651 (0.850),  50 h  5428 (0.801), 234 h
     hybrid (eap)   151 s    0.96*    1.00*       0.88          4978 (0.802), 232 h 13529 (0.801), 261 h
     eap-ig-act:5   437 s    0.49     0.44        0.88          4506 (0.801), 224 h  8164 (0.806), 243 h
+    hybrid (eap-ig) 154 s   0.77*    1.00*       0.64          1021 (0.801), 101 h  6156 (0.816), 239 h
 
 (* the hybrid's 256 candidates carry exact scores, so its agreement on them is by construction;
-EAP's own estimate on them: Spearman 0.32.) Every method reaches 0.8 under both ablations.
-EAP-IG (5 steps) finds the smallest circuit under both, 7x smaller than any other under mean
-ablation; 20 steps change nothing; per-edge agreement with exact patching does not predict
-circuit size (the hybrid, exact on its candidates, gives the largest circuits). Recommended:
+EAP's own estimate on them: Spearman 0.32. The last row is a separate run, ``--edge_methods
+hybrid --hybrid_rank_by eap-ig``, 6.9 min, with its own sample of 56 edges.) Every method
+reaches 0.8 under both ablations. EAP-IG (5 steps) finds the smallest circuit under both: under
+mean ablation 1.6x smaller than the EAP-IG-ranked hybrid and 7x smaller than the rest; 20 steps
+change nothing. Per-edge agreement with exact patching does not predict circuit size: the
+hybrid, exact on its candidates, gives larger circuits than its ranking alone. Recommended:
 EAP-IG, 5 steps (the library's default method); its circuit is 7x smaller under mean ablation
 (633 edges) than under counterfactual (4482). Each discovery (one method, one ablation) takes
-75-125 s; the curves are not monotone (EAP-IG, mean: 0.47 at 512, 0.85 at 728, 1.00 at 2048,
+75-140 s; the curves are not monotone (EAP-IG, mean: 0.47 at 512, 0.85 at 728, 1.00 at 2048,
 0.75 at 4096 top edges). See docs/attribution.md, "IOI on the embedded model".
 """
 
