@@ -218,9 +218,12 @@ def recommend(rows: dict[str, dict[str, dict]], costs: dict[str, float], target:
             f"no method reaches {target}; {method} under {ablation} ablation comes closest ({row['faithfulness']:.3f})"
         )
     per_ablation = {}
-    for ab in {a for _, by_ab in rows.items() for a in by_ab}:
+    for ab in dict.fromkeys(a for by_ab in rows.values() for a in by_ab):
         got = sorted([it for it in items if it[0][1] == ab], key=key)
         per_ablation[ab] = got[0][0][0]
+        if got[0][1]["reached"]:
+            runner_up = f"; next {got[1][0][0]}, {got[1][1]['n_edges']} edges" if len(got) > 1 else ""
+            why += f"; under {ab} ablation {got[0][0][0]} needs {got[0][1]['n_edges']} edges{runner_up}"
     return {"method": method, "ablation": ablation, "reason": why, "best_method_per_ablation": per_ablation}
 
 
@@ -280,19 +283,18 @@ def table(agree: dict, rows: dict[str, dict[str, dict]], costs: dict[str, float]
     """The printed results: one line per method."""
     lines = [
         f"{'method':<16}{'sec':>7}{'spearman':>10}{'pearson':>9}{'sp(rand)':>10}  "
-        + "  ".join(f"{a + ': edges (faith)':<28}" for a in ablations)
+        + "  ".join(f"{a + ': edges (faith), heads':<30}" for a in ablations)
     ]
     for method, by_ab in rows.items():
         a = agree.get(method, {})
         cells = []
         for ab in ablations:
             row = by_ab[ab]
+            faith, heads = row["faithfulness"], len(row["heads"])
             got = (
-                f"{row['n_edges']} ({row['faithfulness']:.3f})"
-                if row["reached"]
-                else f"not reached, best {row['faithfulness']:.3f}"
+                f"{row['n_edges']} ({faith:.3f}), {heads} heads" if row["reached"] else f"not reached, best {faith:.3f}"
             )
-            cells.append(f"{got:<28}")
+            cells.append(f"{got:<30}")
         lines.append(
             f"{method:<16}{costs.get(method, 0):>7.0f}{a.get('spearman', float('nan')):>10.3f}"
             f"{a.get('pearson', float('nan')):>9.3f}{a.get('spearman_random', float('nan')):>10.3f}  "
@@ -373,7 +375,11 @@ def main(cfg: Config) -> dict:
                 f"{len(task)} prompts); then, per ablation, the smallest top-k circuit (pruned) whose faithfulness "
                 f"reaches {cfg.target} (ik.discover_circuit), its edges and heads. The hybrid's candidates carry exact "
                 "scores, so its agreement on them is by construction.",
-                {"table": "\n".join(lines)},
+                [
+                    {"method": m, **{k: round(v, 3) for k, v in agree[m].items()}}
+                    for m in scores
+                    if isinstance(agree.get(m), dict)
+                ],
                 _rows_table(rows),
                 *[curves_figure({m: rows[m][a] for m in rows}, a, cfg.target) for a in ablations],
                 f"Recommended default: {best['reason']}.",
