@@ -15,7 +15,8 @@ has (``--edge_methods``; ``name:steps`` sets an EAP-IG method's steps):
 1. Node attribution over every head's output (``--node_methods``, off by default): AtP, AtP*,
    IG, exact patching, each gradient method's rank correlation with exact patching.
 2. Edge scores over the whole graph (embed, every head's q/k/v input, MLPs, logits) by EAP,
-   EAP-IG on inputs and on activations (5 and 20 steps) and the hybrid (a gradient ranking whose
+   EAP-IG on inputs (5 and 20 steps) and on activations (5 steps by default: 20 steps, with
+   ``--edge_methods eap-ig-act:20``, cost 18 min more) and the hybrid (a gradient ranking whose
    top candidates are re-scored by exact patching), all on the "noise" direction (clean run,
    corrupt source: what removing an edge from the circuit does).
 3. Agreement with exact edge patching on one shared sample of edges (the top edges of every
@@ -44,18 +45,20 @@ and the smallest circuit reaching 0.8 (edges after pruning, faithfulness, heads 
     hybrid (eap)   151 s    0.96*    1.00*       0.88          4978 (0.802), 232 h 13529 (0.801), 261 h
     eap-ig-act:5   437 s    0.49     0.44        0.88          4506 (0.801), 224 h  8164 (0.806), 243 h
     hybrid (eap-ig) 154 s   0.77*    1.00*       0.64          1021 (0.801), 101 h  6156 (0.816), 239 h
+    eap-ig-act:20 1101 s    0.42     0.38        0.80          4653 (0.801), 229 h  9439 (0.800), 248 h
 
 (* the hybrid's 256 candidates carry exact scores, so its agreement on them is by construction;
-EAP's own estimate on them: Spearman 0.32. The last row is a separate run, ``--edge_methods
-hybrid --hybrid_rank_by eap-ig``, 6.9 min, with its own sample of 56 edges.) Every method
-reaches 0.8 under both ablations. EAP-IG (5 steps) finds the smallest circuit under both: under
-mean ablation 1.6x smaller than the EAP-IG-ranked hybrid and 7x smaller than the rest; 20 steps
-change nothing. Per-edge agreement with exact patching does not predict circuit size: the
-hybrid, exact on its candidates, gives larger circuits than its ranking alone. Recommended:
-EAP-IG, 5 steps (the library's default method); its circuit is 7x smaller under mean ablation
-(633 edges) than under counterfactual (4482). Each discovery (one method, one ablation) takes
-75-140 s; the curves are not monotone (EAP-IG, mean: 0.47 at 512, 0.85 at 728, 1.00 at 2048,
-0.75 at 4096 top edges). See docs/attribution.md, "IOI on the embedded model".
+EAP's own estimate on them: Spearman 0.32. The last two rows are separate runs, ``--edge_methods
+hybrid --hybrid_rank_by eap-ig`` (6.9 min) and ``--edge_methods eap-ig-act:20`` (21.4 min), each
+with its own sample of 56 edges.) Every method reaches 0.8 under both ablations. EAP-IG (5
+steps) finds the smallest circuit under both: under mean ablation 1.6x smaller than the
+EAP-IG-ranked hybrid and 7x smaller than the rest; 20 steps change nothing, for either EAP-IG
+variant. Per-edge agreement with exact patching does not predict circuit size: the hybrid, exact
+on its candidates, gives larger circuits than its ranking alone. Recommended: EAP-IG, 5 steps
+(the library's default method); its circuit is 7x smaller under mean ablation (633 edges) than
+under counterfactual (4482). Each discovery (one method, one ablation) takes 65-140 s; the
+curves are not monotone (EAP-IG, mean: 0.47 at 512, 0.85 at 728, 1.00 at 2048, 0.75 at 4096
+top edges). See docs/attribution.md, "IOI on the embedded model".
 """
 
 from __future__ import annotations
