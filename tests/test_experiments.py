@@ -244,20 +244,53 @@ def test_demo_ioi_part_on_a_tiny_text_model(tiny_text_model, tmp_path):
 # ------------------------------------------------------------------------------------------- IOI circuit
 def test_ioi_circuit_end_to_end(tiny_text_model, tmp_path):
     script = load_script("ioi_circuit")
+    methods = {"eap", "eap-ig:2", "eap-ig-act:2", "hybrid"}
     cfg = script.Config(
-        model=tiny_text_model, n=3, ig_steps=2, n_boot=2, overlap_k=20, stability_edges=20, out=str(tmp_path)
-    )
+        model=tiny_text_model, n=3, node_methods="atp,exact", edge_methods=",".join(sorted(methods)),
+        hybrid_candidates=16, sample_top=4, sample_random=8, n_boot=2, overlap_k=20, stability_edges=20,
+        out=str(tmp_path),
+    )  # fmt: skip
     summary = script.main(cfg)
-    assert set(summary["node"]) == {"atp", "atp*", "ig", "exact"} and set(summary["edge"]) == {"eap", "eap-ig"}
-    for method in ("atp", "atp*", "ig", "eap", "eap-ig"):  # every gradient method reports its honesty check
-        check = summary[("edge" if method.startswith("eap") else "node")][method]["check"]
-        assert check and -1.0 <= check.get("spearman", check.get("spearman_vs_exact")) <= 1.0
-    assert set(summary["curves"]) == {"mean", "zero", "resample", "counterfactual"}
-    assert "eap vs eap-ig" in summary["overlap"]
-    if summary["circuit"].get("reached", True):  # a random model may not reach the target with any circuit
-        assert summary["circuit"]["faithfulness_mean"] >= cfg.target
-        assert (tmp_path / "circuit.json").is_file()
+    assert set(summary["node"]) == {"atp", "exact"} and set(summary["edge"]) == methods
+    assert -1.0 <= summary["node"]["atp"]["check"]["spearman"] <= 1.0
+    agree = summary["agreement"]
+    assert agree["n"] == len(agree["labels"]) == len(agree["exact"]) and agree["n_random"] == 8
+    for method in methods:  # every method against the same exact sample
+        assert all(math.isnan(agree[method][k]) or -1.0 <= agree[method][k] <= 1.0 for k in ("spearman", "pearson"))
+    assert set(summary["circuits"]) == methods
+    for by_ablation in summary["circuits"].values():
+        assert set(by_ablation) == {"mean", "counterfactual"}
+        for row in by_ablation.values():
+            curve = dict(zip(row["curve"]["sizes"], row["curve"]["faithfulness"], strict=True))
+            assert curve[0] == 0.0 and curve[row["top_k"]] == pytest.approx(row["faithfulness"], abs=1e-4)
+            assert row["reached"] == (row["faithfulness"] >= cfg.target) and row["n_edges"] <= row["top_k"]
+    best = summary["recommendation"]
+    assert best["method"] in methods and best["ablation"] in {"mean", "counterfactual"} and best["reason"]
+    assert (tmp_path / "circuit.json").is_file() and "eap vs eap-ig:2" in summary["overlap"]
+    assert summary["stability"]["n_boot"] == 2
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["spec"]["config"]["model"] == "tiny-text-llama"
     html = (tmp_path / "report.html").read_text()
-    assert html.count('class="plotly-graph-div"') >= 4 + 4  # node heatmaps, curves (and the circuit)
+    assert html.count('class="plotly-graph-div"') >= 2 + 2 + 1  # node maps, one curve figure per ablation, circuit
+
+
+def test_ioi_circuit_agreement_sample_is_exact_patching(tiny_text_model):
+    """The shared sample's exact values are exact edge patching: the hybrid's candidates carry the same numbers."""
+    script = load_script("ioi_circuit")
+    model = tiny_text_model
+    task = ik.tasks.load("ioi", model, n=3, seed=0, templates=[0])
+    cfg = script.Config(model=model, n=3, hybrid_candidates=40, sample_top=6, sample_random=10)
+    scores = {
+        m: ik.attribution.edge_scores(model, task, m, "noise", check=0, candidates=40)
+        if m == "hybrid"
+        else ik.attribution.edge_scores(model, task, m, "noise", check=0)
+        for m in ("eap", "hybrid")
+    }
+    agree = script.agreement(model, task, scores, cfg)
+    exact = dict(zip(agree["labels"], agree["exact"], strict=True))
+    candidates = set(scores["hybrid"].extras["check"]["labels"])
+    hybrid = dict(zip(scores["hybrid"].labels["edge"], scores["hybrid"].scores.tolist(), strict=True))
+    shared = [e for e in exact if e in candidates]
+    assert len(shared) >= 6  # the hybrid's own top edges are sampled and are candidates
+    for edge in shared:
+        assert exact[edge] == pytest.approx(hybrid[edge], abs=1e-5)

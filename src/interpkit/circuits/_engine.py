@@ -12,9 +12,9 @@ query, key or value input, an MLP's input, the final residual read by the unembe
 changes u's inputs and so its output, and the edges leaving u must carry that changed output.
 The engine captures every sender's output with a forward hook as the forward proceeds
 (``embed`` at ``blocks.0.hook_resid_pre``, head h at ``attn.hook_z @ W_O[h]``, MLPs at
-``hook_mlp_out``) into one ``(rows, pos, sender, d_model)`` buffer of differences to the
-source, and each receiver hook subtracts one einsum of that buffer against the rows' removed
-edges. ``split_inputs`` gives every head its own q/k/v input, so edges into different heads of
+``hook_mlp_out``) into one ``(rows, sender, pos, d_model)`` buffer of differences to the
+source, and each receiver hook subtracts one batched matmul of the rows' removed edges against
+that buffer (a layer's q, k and v inputs read the same senders and share one). ``split_inputs`` gives every head its own q/k/v input, so edges into different heads of
 one layer differ; under grouped-query attention keys and values are per KV head. Where the
 bridge has no per-head input hooks (the attention class of interpkit's native toys), the change
 is applied after the projection instead, at ``attn.hook_q/k/v`` as ``change @ W_Q[h]`` etc.,
@@ -165,7 +165,7 @@ class EdgeRunner:
         """The engine's rows per forward, capped so the (rows, pos, sender, d_model) buffers fit."""
         c = self.model.cfg
         itemsize = self.source.element_size()
-        per_row = self.task.n_pos * n_senders * c.d_model * itemsize * 3  # buffer + einsum temporaries
+        per_row = self.task.n_pos * n_senders * c.d_model * itemsize * 3  # buffer + matmul temporaries
         by_memory = free_memory_bytes(self.model.device) // 4 // max(per_row, 1)
         return int(max(1, min(auto_rows(self.model, self.task.n_pos), by_memory)))
 
@@ -174,24 +174,42 @@ class EdgeRunner:
         import torch
 
         model, graph = self.model, self.graph
-        delta = torch.zeros(n, self.task.n_pos, src.shape[2], src.shape[3], dtype=src.dtype, device=src.device)
+        n_pos, d_model = self.task.n_pos, src.shape[3]
+        # (rows, sender, pos, d_model): the senders before a receiver are one contiguous block, so each
+        # receiver's change is one batched matmul over it, with no transposed copy of the buffer
+        delta = torch.zeros(n, src.shape[2], n_pos, d_model, dtype=src.dtype, device=src.device)
         hooks: list[tuple[str, Any]] = []
+
+        def n_before(group: Any) -> int:  # senders written before this receiver reads
+            column = graph.mask[:, group.lo]
+            return int(column.nonzero().max()) + 1 if bool(column.any()) else 0
+
+        # receivers reading the same senders (a layer's q, k and v) share one matmul, computed by the first to fire
+        spans: dict[int, tuple[int, int]] = {}
+        for g in graph.receiver_groups:
+            lo, hi = spans.get(n_before(g), (g.lo, g.hi))
+            spans[n_before(g)] = (min(lo, g.lo), max(hi, g.hi))
+        changes: dict[int, torch.Tensor] = {}
 
         # delta, src and removed sit on model.device; a split model's hooks fire on their layer's device
         def capture_senders(group: Any) -> Any:
             def hook(act: torch.Tensor, hook: Any) -> None:  # this run's output minus the ablated output
                 out = group.kind.outputs(model, group.layer, act).to(delta.device)
-                delta[:, :, group.lo : group.hi] = out - src[:, :, group.lo : group.hi]
+                delta[:, group.lo : group.hi] = (out - src[:, :, group.lo : group.hi]).transpose(1, 2)
 
             return hook
 
         def patch_receivers(group: Any) -> Any:
-            column = graph.mask[:, group.lo]
-            n_before = int(column.nonzero().max()) + 1 if bool(column.any()) else 0  # senders written so far
+            k = n_before(group)
+            lo, hi = spans[k]
 
             def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                r = removed[:, :n_before, group.lo : group.hi]
-                change = torch.einsum("bpsd,bsr->bprd", delta[:, :, :n_before], r)
+                if k not in changes:
+                    changes.clear()  # one layer's change at a time
+                    r = removed[:, :k, lo:hi].transpose(1, 2).to(delta.dtype)  # (rows, R, senders)
+                    flat = torch.bmm(r, delta[:, :k].flatten(2))  # (rows, R, pos * d_model)
+                    changes[k] = flat.view(n, hi - lo, n_pos, d_model).transpose(1, 2)
+                change = changes[k][:, :, group.lo - lo : group.hi - lo]
                 return group.kind.add(model, group.layer, act, -change, self.mode)
 
             return hook
