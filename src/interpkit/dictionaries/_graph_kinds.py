@@ -38,13 +38,12 @@ def _decoder(entry: Entry, device: Any) -> torch.Tensor:
     return w.to(device)
 
 
-class LatentSenders(SenderKind):
-    """Each latent's write ``z_i W_dec[i]``; with ``chosen``, only those latents of each layer."""
+class _SplicedLayers(SenderKind):
+    """Senders at the spliced MLP layers of ``entries`` ({layer: Entry})."""
 
     stage = 1
-    component_kind = "mlp"
 
-    def __init__(self, entries: dict[int, Entry], name: str = "latents", chosen: dict[int, list[int]] | None = None):
+    def __init__(self, entries: dict[int, Entry], name: str, chosen: dict[int, list[int]] | None = None) -> None:
         self.entries = entries
         self.name = name  # type: ignore[misc]
         self.chosen = chosen
@@ -55,6 +54,21 @@ class LatentSenders(SenderKind):
     def layers(self, cfg: Any) -> list[int]:
         return sorted(self.entries)
 
+    def hook(self, layer: int) -> str:
+        return self.entries[layer].latents_hook
+
+    def one(self, layer: int, what: str) -> list[Node]:
+        return [Node(f"L{layer}.mlp#{what}", self.name, layer, None, 1, f"L{layer}.mlp")]
+
+
+class LatentSenders(_SplicedLayers):
+    """Each latent's write ``z_i W_dec[i]``; with ``chosen``, only those latents of each layer."""
+
+    component_kind = "mlp"
+
+    def __init__(self, entries: dict[int, Entry], name: str = "latents", chosen: dict[int, list[int]] | None = None):
+        super().__init__(entries, name, chosen)
+
     def units(self, layer: int) -> list[int]:
         if self.chosen is None:
             return list(range(self.entries[layer].dictionary.n_latents))
@@ -62,9 +76,6 @@ class LatentSenders(SenderKind):
 
     def nodes(self, cfg: Any, layer: int) -> list[Node]:
         return [Node(f"L{layer}.mlp#{i}", self.name, layer, i, 1, f"L{layer}.mlp") for i in self.units(layer)]
-
-    def hook(self, layer: int) -> str:
-        return self.entries[layer].latents_hook
 
     def outputs(self, model: Any, layer: int, act: torch.Tensor) -> torch.Tensor:
         w = _decoder(self.entries[layer], act.device)
@@ -79,54 +90,34 @@ class LatentSenders(SenderKind):
         return {"name": self.name, "sites": sites, "chosen": chosen}
 
 
-class OtherLatents(SenderKind):
+class OtherLatents(_SplicedLayers):
     """The latents left out of ``chosen``, one node per layer (``L1.mlp#other``): their summed write."""
 
-    stage = 1
     component_kind = "mlp.other"
 
     def __init__(self, entries: dict[int, Entry], chosen: dict[int, list[int]], name: str = "latent_other"):
-        self.entries = entries
-        self.chosen = chosen
-        self.name = name  # type: ignore[misc]
-
-    def exists(self, cfg: Any) -> bool:
-        return not cfg.attn_only
-
-    def layers(self, cfg: Any) -> list[int]:
-        return sorted(self.entries)
+        super().__init__(entries, name, chosen)
 
     def nodes(self, cfg: Any, layer: int) -> list[Node]:
-        return [Node(f"L{layer}.mlp#other", self.name, layer, None, 1, f"L{layer}.mlp")]
-
-    def hook(self, layer: int) -> str:
-        return self.entries[layer].latents_hook
+        return self.one(layer, "other")
 
     def outputs(self, model: Any, layer: int, act: torch.Tensor) -> torch.Tensor:
         w = _decoder(self.entries[layer], act.device)
         keep = act.new_ones(w.shape[0], dtype=w.dtype)
-        keep[self.chosen.get(layer, [])] = 0
+        keep[(self.chosen or {}).get(layer, [])] = 0
         return ((act.to(w.dtype) * keep) @ w)[:, :, None]  # (rows, pos, 1, d_model)
 
 
-class RestSenders(SenderKind):
+class RestSenders(_SplicedLayers):
     """What a splice writes besides its latents: ``b_dec``, the skip term and the error term."""
 
-    stage = 1
     component_kind = "mlp.rest"
 
     def __init__(self, entries: dict[int, Entry], name: str = "latent_rest") -> None:
-        self.entries = entries
-        self.name = name  # type: ignore[misc]
-
-    def exists(self, cfg: Any) -> bool:
-        return not cfg.attn_only
-
-    def layers(self, cfg: Any) -> list[int]:
-        return sorted(self.entries)
+        super().__init__(entries, name)
 
     def nodes(self, cfg: Any, layer: int) -> list[Node]:
-        return [Node(f"L{layer}.mlp#rest", self.name, layer, None, 1, f"L{layer}.mlp")]
+        return self.one(layer, "rest")
 
     def hook(self, layer: int) -> str:
         return self.entries[layer].rest_hook
