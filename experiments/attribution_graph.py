@@ -28,6 +28,25 @@ induction prompt (a repeated phrase), this script builds
    tokens): its score at the induction offset as (query term x key term), and its head loadings.
 
 Writes runs/attribution_graph/ (or --out): result.json, report.html, graph_*.json, viewer_*.html.
+
+Measured 2026-12-03 (2 threads, 2-core CPU; 6.5 min in all; peak RSS 3.1 GB through the trained
+transcoder graphs, 4.9 GB for the whole run) with the 30 skip-transcoders of
+``train_transcoders.py --tokens 100000`` (4,608 latents, k = 32, training FVU median 0.38):
+
+| graph | build | replacement / completeness | verification, Spearman (frozen / live attention) | live faithfulness, unpruned / pruned |
+|---|---|---|---|---|
+| factual, neurons | 16 s | 1.0 / 1.0 | 0.60 / 0.73 | -5.3 / -6.3 |
+| induction, neurons | 57 s | 1.0 / 1.0 | 0.70 / 0.82 | -0.68 / -0.70 |
+| factual, transcoders | 10 s | 0.31 / 0.72 | -0.31 / 0.10 | 0.64 / 0.20 |
+| induction, transcoders | 17 s | 0.44 / 0.74 | 0.72 / 0.22 | 1.07 / 1.11 |
+| factual, untrained | 28 s | 0.018 / 0.55 | 0.39 / 0.39 | |
+| induction, untrained | 82 s | 0.034 / 0.54 | 0.44 / -0.37 | |
+
+A neuron graph's circuit keeps only its 1,024 visited neurons and zero-ablates the other ~45,000
+at every position but the first, which breaks the model (negative faithfulness): the graph is
+exact under frozen gates, not a small circuit of the live model. Transcoders trained on a tenth
+of the acceptance budget explain a third of the factual prompt (replacement 0.31) and their top
+nodes do not predict interventions there; the strongest induction head is L18H6 (score 0.84).
 """
 
 from __future__ import annotations
