@@ -9,6 +9,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from interpkit.attribution.atp import AttributionError
+from interpkit.models.anatomy import Norm
 
 if TYPE_CHECKING:
     import torch
@@ -16,49 +17,28 @@ if TYPE_CHECKING:
     from interpkit.models import Model
 
 
-@dataclasses.dataclass
-class _Norm:
-    """A norm with its scale frozen: ``(x - mean if centre) / scale * gain + bias``."""
-
-    centre: bool
-    gain: torch.Tensor | None
-    bias: torch.Tensor | None
-    eps: float
-
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        if self.centre:
-            x = x - x.mean(-1, keepdim=True)
-        return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-
-    def linear(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if self.centre:
-            x = x - x.mean(-1, keepdim=True)
-        x = x / scale
-        return x if self.gain is None else x * self.gain.to(x)
-
-
-def _norm_of(module: Any, centre: bool) -> _Norm:
+def _norm_of(module: Any, centre: bool) -> Norm:
     from interpkit.models.anatomy import norm_affine, norm_eps
 
     inner = getattr(module, "_original_component", module)
     eps = norm_eps(inner)
     if getattr(inner, "weight", None) is None:
-        return _Norm(centre, None, None, eps)
+        return Norm(centre, None, None, eps)
     gain, bias = norm_affine(inner, eps)
-    return _Norm(centre, gain.double(), None if bias is None else bias.double(), eps)
+    return Norm(centre, gain.double(), None if bias is None else bias.double(), eps)
 
 
 @dataclasses.dataclass
 class _Reads:
     """How one attention layer reads queries and keys from the residual stream (float64)."""
 
-    ln1: _Norm | None
+    ln1: Norm | None
     w_q: torch.Tensor  # (d_model, n_heads * d_head)
     w_k: torch.Tensor  # (d_model, n_kv * d_head)
     b_q: torch.Tensor  # (n_heads * d_head,)
     b_k: torch.Tensor
-    q_norm: _Norm | None
-    k_norm: _Norm | None
+    q_norm: Norm | None
+    k_norm: Norm | None
     per_head_norm: bool  # the q/k norms act on each head's vector (Qwen3), else on the whole (OLMo2)
     scale: float
     softcap: float | None
@@ -87,7 +67,7 @@ def _reads(model: Model, layer: int) -> _Reads:
             f"{model.name} applies rotary inside its attention module, out of QK attribution's sight"
         )
     norm = model.anatomy.ln1(layer)  # the identity where there is none (OLMo2 has no norm before attention)
-    ln1 = None if not norm.present else _Norm(
+    ln1 = None if not norm.present else Norm(
         norm.centre, None if norm.gain is None else norm.gain.double(),
         None if norm.bias is None else norm.bias.double(), norm.eps,
     )  # fmt: skip
@@ -111,7 +91,7 @@ def _reads(model: Model, layer: int) -> _Reads:
     )
 
 
-def _qk_norm(module: Any) -> _Norm:
+def _qk_norm(module: Any) -> Norm:
     import torch
 
     inner = getattr(module, "_original_component", module)
@@ -284,7 +264,7 @@ def _grouped(terms: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, list
     return torch.cat([terms[keep], constant[None]]), [labels[i] for i in keep] + ["bias"]
 
 
-def _linearise_qk(x: torch.Tensor, raw: torch.Tensor, norm: _Norm, per_head: bool, d_head: int) -> torch.Tensor:
+def _linearise_qk(x: torch.Tensor, raw: torch.Tensor, norm: Norm, per_head: bool, d_head: int) -> torch.Tensor:
     """Terms ``(term, batch, pos, heads * d_head)`` through a query/key norm frozen at the run's scale."""
     raw = raw.double().flatten(-2)  # (batch, pos, heads * d_head): the run's query before its norm
     if per_head:
@@ -337,7 +317,7 @@ def _split_transcoders(
         lay_bias = b_dec.expand_as(raw)
         if post is not None:  # the block's post-MLP norm, linearised at its run scale
             pbias = post.bias
-            norm = _Norm(post.centre, None if post.gain is None else post.gain.double(), None, post.eps)
+            norm = Norm(post.centre, None if post.gain is None else post.gain.double(), None, post.eps)
             s = norm.scale(raw)
             parts = [norm.linear(p, s) for p in parts]
             lay_bias = norm.linear(lay_bias, s) + (0 if pbias is None else pbias.double())
