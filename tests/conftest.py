@@ -95,3 +95,12 @@ def embedded_tokenizer():
     from interpkit.models._load import embedded_gguf_path
 
     return gguf_tokenizer(embedded_gguf_path())
+
+
+@pytest.fixture
+def hooks_only(tiny_llama):
+    """``tiny_llama`` with the suffix forward switched off for one test: sweeps run on the hook engine."""
+    from tiny_models import suffix_off
+
+    with suffix_off(tiny_llama):
+        yield tiny_llama

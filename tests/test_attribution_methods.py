@@ -19,7 +19,7 @@ from interpkit.hooks import hooks
 from interpkit.metrics import evaluate
 from interpkit.models.anatomy import split_inputs
 from patching_reference import run_cache
-from tiny_models import random_task
+from tiny_models import random_task, suffix_off
 
 
 @pytest.mark.parametrize(("site", "per_position"), [("head_k", True), ("head_k", False), ("head_q", True)])
@@ -111,6 +111,20 @@ def test_ig_converges_to_exact_patching(tiny_gpt2):
     plain = (atp(model, task, "resid_pre", layers=[1], check=0).scores - exact.scores).abs().max()
     assert errors[2] < errors[1] < errors[0] and errors[2] < plain
     assert errors[2] < 1e-4
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"])
+def test_ig_suffix_forward_equals_hooked_forward(site, tiny_llama):
+    """IG's rows run on the suffix forward (from just after the site, to the answer columns only);
+    the gradients equal those of the hooked model from the layer's resid_pre."""
+    task = random_task(tiny_llama, n=3, pos=6, seed=4, ragged=True)
+    for per_position, metric in ((False, "logit_diff"), (True, "logprob")):
+        options = {"layers": [0, 1], "ig_steps": 2, "check": 0, "per_position": per_position, "metric": metric}
+        fast = ig(tiny_llama, task, site, direction="noise", **options)
+        with suffix_off(tiny_llama):
+            slow = ig(tiny_llama, task, site, direction="noise", **options)
+        assert (fast.meta["engine"], slow.meta["engine"]) == ("suffix", "hooks")
+        torch.testing.assert_close(fast.extras["per_example"], slow.extras["per_example"], atol=1e-5, rtol=1e-4)
 
 
 def _interpolated_grads(model, task, hook_name, t, s, steps, receivers):

@@ -26,7 +26,7 @@ from interpkit.models._device_map import (
 )
 from interpkit.models._dispatch import _move_inputs, dispatch
 from interpkit.models._load import wrap_hf_model
-from interpkit.patching._suffix import SuffixRunner
+from interpkit.runtime._suffix import SuffixRunner
 from tiny_models import NATIVE_TINY, random_task, tiny_llama_hf
 
 

@@ -80,7 +80,7 @@ def flaky(*args, **kwargs):
     return real(*args, **kwargs)
 api.forward_final = flaky
 try:
-    ik.patch(model, task, site="head_out", batch_size=2)
+    ik.patch(model, task, site="head_v", batch_size=2)  # a hook-engine site: its rows go through forward_final
 except Exception as exc:
     open(f"{{out}}/rank{{rank}}_error.txt", "w").write(f"{{type(exc).__name__}}: {{exc}}")
 dist.destroy_process_group()

@@ -37,6 +37,7 @@ def _inject(monkeypatch, module, limit, k, error=torch.OutOfMemoryError) -> Inje
     return inj
 
 
+@pytest.mark.usefixtures("hooks_only")  # the hook engine's chunks
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError, RuntimeError, MemoryError])
 def test_patch_survives_oom_without_recomputing(tiny_llama, monkeypatch, error):
     task = random_task(tiny_llama, n=4, pos=6)
@@ -53,6 +54,7 @@ def test_patch_survives_oom_without_recomputing(tiny_llama, monkeypatch, error):
     assert got.meta["batch_rows"] == 8
 
 
+@pytest.mark.usefixtures("hooks_only")  # the hook engine's chunks
 def test_oom_after_finished_chunks_keeps_them(tiny_llama, monkeypatch):
     task = random_task(tiny_llama, n=8, pos=5)
     want = ik.patch(tiny_llama, task, site="resid_pre", batch_size=1)
@@ -88,6 +90,7 @@ def test_path_patch_and_ablate_survive_oom(tiny_llama, monkeypatch):
     torch.testing.assert_close(got_abl.scores, want_abl.scores, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.usefixtures("hooks_only")  # the hook engine's chunks
 def test_other_errors_and_single_rows_are_not_retried(tiny_llama, monkeypatch):
     task = random_task(tiny_llama, n=4, pos=4)
     inj = _inject(monkeypatch, rows, limit=0, k=1, error=lambda msg: RuntimeError("shape mismatch"))
@@ -145,13 +148,15 @@ def test_baseline_runs_survive_oom(tiny_llama, monkeypatch):
         torch.testing.assert_close(got[key][hook], want[key][hook], atol=1e-6, rtol=1e-6)
 
 
-def test_prefix_reuse_sweep_survives_oom(tiny_llama, monkeypatch):
-    """The per-position (suffix) path halves its example chunks on out-of-memory, like the hook engine."""
-    import interpkit.patching._suffix_patch as suffix_patch
+@pytest.mark.parametrize("per_position", [True, False])
+def test_prefix_reuse_sweep_survives_oom(per_position, tiny_llama, monkeypatch):
+    """The suffix path (per position and whole-sequence) halves its example chunks on out-of-memory, like the hook engine."""
+    import interpkit.runtime._suffix_sweep as suffix_patch
 
     task = random_task(tiny_llama, n=6, pos=5)
-    want = ik.patch(tiny_llama, task, site="head_out", per_position=True, batch_size=6)  # 1 example per chunk
-    real, seen = suffix_patch.suffix_sweep, []
+    want = ik.patch(tiny_llama, task, site="head_out", per_position=per_position, batch_size=6)  # 1 example per chunk
+    fn = "suffix_sweep" if per_position else "suffix_whole"
+    real, seen = getattr(suffix_patch, fn), []
 
     def tight(runner, base, *args, **kwargs):
         if base.answer_pos.shape[0] > 2:
@@ -159,8 +164,8 @@ def test_prefix_reuse_sweep_survives_oom(tiny_llama, monkeypatch):
         seen.append(base.answer_pos.shape[0])
         return real(runner, base, *args, **kwargs)
 
-    monkeypatch.setattr(suffix_patch, "suffix_sweep", tight)
-    got = ik.patch(tiny_llama, task, site="head_out", per_position=True, batch_size=6 * 6)  # 6 examples per chunk
+    monkeypatch.setattr(suffix_patch, fn, tight)
+    got = ik.patch(tiny_llama, task, site="head_out", per_position=per_position, batch_size=6 * 6)  # 6 examples per chunk
     assert got.meta["engine"] == "suffix"
     # 6 examples fail, 3 fail, then 1 per chunk: each example runs once per layer, nothing finished is redone
     assert seen == [1] * (len(task) * tiny_llama.cfg.n_layers)

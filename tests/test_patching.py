@@ -10,7 +10,7 @@ from interpkit.errors import SiteError, TaskError
 from interpkit.patching import PatchingError, ablate, patch
 from interpkit.runtime import derangement, mean_activation
 from patching_reference import literal_patch, run_cache
-from tiny_models import random_task
+from tiny_models import random_task, suffix_off
 
 ATOL = 1e-5
 
@@ -33,6 +33,15 @@ SITES = [
 ]
 
 
+SUFFIX_SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
+
+
+def _hook_engine(model, *args, **kwargs):
+    """``patch`` with the suffix (prefix-reuse) path switched off: the hook engine alone."""
+    with suffix_off(model):
+        return patch(model, *args, **kwargs)
+
+
 @pytest.mark.parametrize("site", SITES)
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_qwen3"])
 def test_engine_equals_literal(site, model_name, request):
@@ -48,6 +57,11 @@ def test_engine_equals_literal(site, model_name, request):
     slow = literal_patch(model, task, site)
     assert fast.scores.shape == slow.shape
     assert torch.allclose(fast.scores, slow, atol=ATOL), (fast.scores - slow).abs().max()
+    if site in SUFFIX_SITES:  # whole-sequence patches run on the suffix forward where it is implemented
+        assert fast.meta["engine"] == ("hooks" if model_name == "tiny_neox" else "suffix")  # NeoX: parallel blocks
+        hooked = _hook_engine(model, task, site)
+        assert hooked.meta["engine"] == "hooks"
+        assert torch.allclose(hooked.scores, slow, atol=ATOL), (hooked.scores - slow).abs().max()
 
 
 @pytest.mark.parametrize("site", ["resid_pre", "attn_out", "head_out", "head_v"])
@@ -59,33 +73,19 @@ def test_per_position_and_direction(site, direction, tiny_llama):
     assert torch.allclose(fast.scores, slow, atol=ATOL)
 
 
-SUFFIX_SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
-
-
-def _hook_engine(model, *args, **kwargs):
-    """``patch`` with the suffix (prefix-reuse) path switched off: the hook engine alone."""
-    saved = model.anatomy.verdicts.get("suffix")
-    model.anatomy.verdicts["suffix"] = False
-    try:
-        return patch(model, *args, **kwargs)
-    finally:
-        model.anatomy.verdicts.pop("suffix")
-        if saved is not None:
-            model.anatomy.verdicts["suffix"] = saved
-
-
 @pytest.mark.parametrize("site", SUFFIX_SITES)
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2", "tiny_qwen3"])
 def test_per_position_prefix_reuse_equals_literal(site, model_name, request):
-    """Per-position sweeps run on the suffix forward; they equal the literal loop and the hook engine."""
+    """Sweeps run on the suffix forward (per position and whole-sequence, ragged prompts on Llama);
+    they equal the literal loop and the hook engine."""
     model = request.getfixturevalue(model_name)
     task = _task(model, n=3, pos=6, seed=7, ragged=model_name == "tiny_llama")
-    for direction in ("denoise", "noise"):
-        fast = patch(model, task, site, per_position=True, direction=direction, batch_size=5)
+    for direction, per_position in (("denoise", True), ("noise", True), ("noise", False)):
+        fast = patch(model, task, site, per_position=per_position, direction=direction, batch_size=5)
         assert fast.meta["engine"] == "suffix"
-        slow = literal_patch(model, task, site, per_position=True, direction=direction)
+        slow = literal_patch(model, task, site, per_position=per_position, direction=direction)
         assert torch.allclose(fast.scores, slow, atol=ATOL), (fast.scores - slow).abs().max()
-        hooked = _hook_engine(model, task, site, per_position=True, direction=direction)
+        hooked = _hook_engine(model, task, site, per_position=per_position, direction=direction)
         assert hooked.meta["engine"] == "hooks"
         assert torch.allclose(fast.extras["per_example"], hooked.extras["per_example"], atol=ATOL)
 
@@ -100,11 +100,12 @@ def test_prefix_reuse_with_full_vocabulary_metrics(metric, tiny_gpt2):
 
 
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
-def test_prefix_reuse_ablations_equal_hook_engine(ablation, tiny_llama):
+@pytest.mark.parametrize("per_position", [True, False])
+def test_prefix_reuse_ablations_equal_hook_engine(ablation, per_position, tiny_llama):
     task = _task(tiny_llama, n=4, pos=5, seed=9)
     for site in ("head_out", "mlp_out"):
-        fast = patch(tiny_llama, task, site, per_position=True, ablation=ablation)
-        hooked = _hook_engine(tiny_llama, task, site, per_position=True, ablation=ablation)
+        fast = patch(tiny_llama, task, site, per_position=per_position, ablation=ablation)
+        hooked = _hook_engine(tiny_llama, task, site, per_position=per_position, ablation=ablation)
         assert (fast.meta["engine"], hooked.meta["engine"]) == ("suffix", "hooks")
         assert torch.allclose(fast.extras["per_example"], hooked.extras["per_example"], atol=ATOL)
 
@@ -275,7 +276,7 @@ def test_out_of_memory_halves_and_keeps_chunks(tiny_llama, monkeypatch):
     api = engine
     monkeypatch.setattr(api, "forward_final", flaky)
     task = _task(tiny_llama, n=3)
-    res = patch(tiny_llama, task, "head_out", batch_size=16)
+    res = _hook_engine(tiny_llama, task, "head_out", batch_size=16)
     assert max(c for c in calls if c <= 4) <= 4 and 16 in calls
     monkeypatch.setattr(api, "forward_final", real)
     assert torch.allclose(res.scores, patch(tiny_llama, task, "head_out").scores, atol=ATOL)

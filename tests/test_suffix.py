@@ -7,8 +7,8 @@ import torch
 
 from interpkit.hooks import hooks
 from interpkit.models import boot_native
-from interpkit.patching._suffix import SuffixRunner, SuffixUnsupported, unsupported_reason
-from interpkit.patching._suffix_patch import suffix_sweep
+from interpkit.runtime._suffix import SuffixRunner, SuffixUnsupported, unsupported_reason
+from interpkit.runtime._suffix_sweep import suffix_sweep
 from patching_reference import HOOKS
 from tiny_models import random_task
 
@@ -118,7 +118,7 @@ def test_supported_native_layernorm_model_checks():
 
 
 def test_buckets_merge_small_runs_only():
-    from interpkit.patching._suffix_patch import _buckets
+    from interpkit.runtime._suffix_sweep import _buckets
 
     small = _buckets(list(range(12)), 12, rows=8, d_model=16)  # overhead-bound: few, larger runs
     assert [p for b in small for p in b] == list(range(12)) and len(small) < 12

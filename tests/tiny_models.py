@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # a native (boot_native) model's config: LayerNorm, 2 layers, 4 heads
@@ -134,3 +136,17 @@ def tiny_olmo2_hf(seed: int = 0):
     """An OLMo2 block: no norm before attention or MLP, norms after both, RMS query/key norms over
     all heads at once (gains moved off their init), GQA."""
     return _tiny_hf("Olmo2", seed, True, vocab_size=71, num_key_value_heads=2)
+
+
+@contextlib.contextmanager
+def suffix_off(model):
+    """``model`` with the suffix forward switched off while the block runs: sweeps and IG use the hook engine."""
+    verdicts = model.anatomy.verdicts
+    saved = verdicts.get("suffix")
+    verdicts["suffix"] = False
+    try:
+        yield model
+    finally:
+        verdicts.pop("suffix")
+        if saved is not None:
+            verdicts["suffix"] = saved

@@ -165,7 +165,18 @@ def exact_nodes(
     """
     import torch
 
-    from interpkit.runtime import capture, grid_rows, masked_patch_hook, metric_rows, patch_mask
+    from interpkit.metrics import get as get_metric
+    from interpkit.runtime import (
+        auto_rows,
+        capture,
+        grid_rows,
+        masked_patch_hook,
+        metric_rows,
+        patch_mask,
+        suffix_applies,
+        suffix_hooks,
+        suffix_values,
+    )
 
     sub = subplan(plan, idx)
     examples = list(range(len(task))) if examples is None else list(examples)
@@ -174,8 +185,11 @@ def exact_nodes(
     layers = sorted(set(sub.layer))
     hook_names = {lay: model.resolve_hook(sub.hook(lay)) for lay in layers}
     resid_names = {lay: model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in layers}
+    # whole-sequence patches start after the patched site, as ik.patch's do (a per-position sample
+    # stays on the hook engine: the suffix sweep would run every head at every sampled position)
+    use_suffix = sub.pos is None and suffix_applies(model, sub)
     target, source = (part.corrupt, part.clean) if direction == "denoise" else (part.clean, part.corrupt)
-    target_acts, _ = capture(model, target, list(resid_names.values()))
+    target_acts, _ = capture(model, target, suffix_hooks(model) if use_suffix else list(resid_names.values()))
     if source_acts is None:
         source_acts, _ = capture(model, source, list(hook_names.values()))
     else:  # the method's own source run, at the checked examples and the subset's (trimmed) width
@@ -187,6 +201,14 @@ def exact_nodes(
         )
         source_acts = {h: source_acts[h][sel.to(source_acts[h].device)][trim] for h in hook_names.values()}
     values = torch.full((len(sub), len(examples)), float("nan"), device=model.device)
+    logprobs = clean_logprobs[sel.to(clean_logprobs.device)]
+    if use_suffix:
+        with torch.inference_mode():
+            suffix_values(
+                model, sub, part, target_acts, {lay: source_acts[hook_names[lay]] for lay in layers},
+                get_metric(metric), metric, logprobs, values, auto_rows(model, part.n_pos), lambda *_: None,
+            )  # fmt: skip
+        return values
 
     def segment(lay: int) -> Any:
         ids = [i for i, pl in enumerate(sub.layer) if pl == lay]
@@ -202,7 +224,6 @@ def exact_nodes(
         rows = grid_rows(lay, ids, len(examples), target_acts[resid_names[lay]], hooks)
         return rows
 
-    logprobs = clean_logprobs[sel.to(clean_logprobs.device)]
     metric_rows(model, part, [segment(lay) for lay in layers], values, metric=metric, clean_logprobs=logprobs)
     return values
 

@@ -22,6 +22,7 @@ the exact patch. The ``m`` steps of every layer are rows of batched forward/back
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,41 +69,112 @@ def ig(
     run = setup(
         model, task, site, per_position, direction, layers, positions, metric, resid, check=check, latents=latents
     )
-    fn = get_metric(run.metric)
-    n = len(run.task)
-    alphas = (torch.arange(steps, device=model.device, dtype=torch.float32) + 0.5) / steps
+    suffix = _suffix(model, run)
     grads: dict[str, torch.Tensor] = {}
-    batch_rows = grad_rows(model, run.task.n_pos)
-    example = torch.arange(n, device=model.device).repeat(steps)
-    alpha = alphas.repeat_interleave(n)
     for lay, name in zip(run.layers, run.names, strict=True):
         ids = [i for i, pl in enumerate(run.plan.layer) if pl == lay]
-        t = run.target_acts[name].clone()
-        s = run.source_acts[name].clone()
+        t, s = run.target_acts[name], run.source_acts[name]
         mask = patch_mask(run.plan, ids, torch.Size((len(ids), *t.shape[1:])), t.device).any(0, keepdim=True)
-        start = run.target_acts[model.resolve_hook(f"blocks.{lay}.hook_resid_pre")].clone()
-        total = torch.zeros_like(t, dtype=torch.float32)
-
-        def chunk(lo: int, hi: int, t: Any = t, s: Any = s, mask: Any = mask, start: Any = start, lay: int = lay,
-                  name: str = name, total: Any = total) -> torch.Tensor:  # fmt: skip
-            ex, al = example[lo:hi], alpha[lo:hi]
-            ex_t = ex.to(t.device)  # t, s, mask and total live on the layer's device
-            a = al.view(-1, *[1] * (t.ndim - 1)).to(t.device, t.dtype)
-            point = torch.where(mask, t[ex_t] + a * (s[ex_t] - t[ex_t]), t[ex_t]).detach().requires_grad_(True)
-            with torch.enable_grad():
-                patch = [(name, lambda act, hook: point.to(act.device))]
-                final = forward_final(model, start[ex.to(start.device)], lay, run.task.answer_pos[ex], patch)
-                values = fn(final, run.task.answer[ex], run.task.wrong[ex], run.base["clean_logprobs"][ex])
-                if not values.requires_grad:
-                    raise no_gradient(run.metric)
-                (g,) = torch.autograd.grad(values.sum(), [point])
-            total.index_add_(0, ex_t, g.float())
-            return values.detach()
-
-        run_chunked(steps * n, batch_rows, chunk)
-        grads[name] = total / steps
+        path = _Path(t, s, mask, steps, len(run.task))
+        grads[name] = _hook_grads(model, run, lay, name, path) if suffix is None else _suffix_grads(run, lay, path, *suffix)
     estimate = linear_estimate(model, run, grads) + _target(run)[None]
-    return finish(model, run, estimate, "ig", check, seed, {"steps": steps, "rule": "midpoint"})
+    meta = {"steps": steps, "rule": "midpoint", "engine": "hooks" if suffix is None else "suffix"}
+    return finish(model, run, estimate, "ig", check, seed, meta)
+
+
+@dataclasses.dataclass
+class _Path:
+    """One layer's straight path: target ``t``, source ``s``, the ``mask`` of what moves, and the
+    ``steps x n`` rows (example, alpha) that walk it, midpoint rule."""
+
+    t: torch.Tensor
+    s: torch.Tensor
+    mask: torch.Tensor
+    steps: int
+    n: int
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        alphas = (torch.arange(self.steps, dtype=torch.float32) + 0.5) / self.steps
+        return torch.arange(self.n).repeat(self.steps), alphas.repeat_interleave(self.n)
+
+    def point(self, ex: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The activations at ``alpha`` along the path for examples ``ex``: a fresh leaf that requires grad."""
+        import torch
+
+        t, s = self.t[ex.to(self.t.device)], self.s[ex.to(self.s.device)]
+        a = alpha.view(-1, *[1] * (t.ndim - 1)).to(t.device, t.dtype)
+        return torch.where(self.mask, t + a * (s - t), t).detach().requires_grad_(True)
+
+
+def _suffix(model: Model, run: Any) -> tuple[Any, Any] | None:
+    """The suffix forward and the target's base run, where it implements the site and the model; else None."""
+    from interpkit.runtime import SuffixRunner, suffix_applies
+
+    if not suffix_applies(model, run.plan):
+        return None
+    runner = SuffixRunner(model)
+    return runner, runner.capture(run.target, run.task.answer_pos)
+
+
+def _suffix_grads(run: Any, lay: int, path: _Path, runner: Any, base: Any) -> torch.Tensor:
+    """Mean gradient along ``path`` at layer ``lay``'s site, the rows run on the suffix forward
+    from just after the site (positions after the last answer position are not computed)."""
+    import torch
+
+    from interpkit.runtime import answer_columns, entering, first_block, metric_of, suffix_site
+
+    model = runner.model
+    fn, task, site = get_metric(run.metric), run.task, suffix_site(run.plan.kind)
+    columns = answer_columns(run.metric, task.answer, task.wrong)
+    width = base.n_pos
+    total = torch.zeros_like(path.t, dtype=torch.float32)
+    example, alpha = path.rows()
+
+    def chunk(lo: int, hi: int) -> torch.Tensor:
+        ex = example[lo:hi].to(model.device)
+        point = path.point(ex, alpha[lo:hi])[:, :width].detach().requires_grad_(True)
+        with torch.enable_grad():
+            x = entering(runner, site, lay, point, base.resid_pre[lay][ex], base.resid_mid[lay][ex])
+            cols = None if columns is None else columns[ex]
+            logits = runner.run(base, first_block(site, lay), "pre", x, 0, ex, cols, grad=True)
+            values = metric_of(fn, logits, cols is not None, task.answer[ex], task.wrong[ex],
+                               run.base["clean_logprobs"][ex])  # fmt: skip
+            if not values.requires_grad:
+                raise no_gradient(run.metric)
+            (g,) = torch.autograd.grad(values.sum(), [point])
+        total[:, :width].index_add_(0, ex.to(total.device), g.float())
+        return values.detach()
+
+    run_chunked(len(example), grad_rows(model, width), chunk)
+    return total / path.steps
+
+
+def _hook_grads(model: Model, run: Any, lay: int, name: str, path: _Path) -> torch.Tensor:
+    """Mean gradient along ``path`` at ``name``, the rows run through the hooked model from ``lay``'s ``resid_pre``."""
+    import torch
+
+    fn, task = get_metric(run.metric), run.task
+    start = run.target_acts[model.resolve_hook(f"blocks.{lay}.hook_resid_pre")]
+    total = torch.zeros_like(path.t, dtype=torch.float32)
+    example, alpha = path.rows()
+
+    def chunk(lo: int, hi: int) -> torch.Tensor:
+        ex = example[lo:hi].to(model.device)
+        point = path.point(ex, alpha[lo:hi])
+        with torch.enable_grad():
+            patch = [(name, lambda act, hook: point.to(act.device))]
+            final = forward_final(model, start[ex.to(start.device)], lay, task.answer_pos[ex], patch)
+            values = fn(final, task.answer[ex], task.wrong[ex], run.base["clean_logprobs"][ex])
+            if not values.requires_grad:
+                raise no_gradient(run.metric)
+            (g,) = torch.autograd.grad(values.sum(), [point])
+        total.index_add_(0, ex.to(total.device), g.float())  # total lives on the layer's device
+        return values.detach()
+
+    run_chunked(len(example), grad_rows(model, task.n_pos), chunk)
+    return total / path.steps
 
 
 def _target(run: Any) -> torch.Tensor:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from interpkit.distributed import combine, join
 from interpkit.errors import PatchingError
 from interpkit.metrics import get as get_metric
-from interpkit.patching._suffix_patch import suffix_applies, suffix_hooks, suffix_values
 from interpkit.results import Result, make_provenance
 from interpkit.runtime import (
     PATCH_SITES,
@@ -41,6 +40,9 @@ from interpkit.runtime import (
     metric_rows,
     patch_mask,
     str_tokens,
+    suffix_applies,
+    suffix_hooks,
+    suffix_values,
 )
 from interpkit.sites import Site, sweep_of, validate
 
@@ -125,7 +127,7 @@ def patch(
     n_examples = len(task)
     group = join(model, distributed, error=PatchingError)
     try:
-        # prefix reuse: a per-position sweep recomputes only positions >= p of layers >= l
+        # prefix reuse: a sweep recomputes only layers after the patched site (per position: positions >= p)
         use_suffix = suffix_applies(model, plan)
         base, target_acts, sources = _runs(model, task, plan, metric, direction, ablation, seed, use_suffix)
         values = torch.full((len(plan), n_examples), 0.0 if group.active else float("nan"), device=model.device)

@@ -14,6 +14,11 @@ own get the same batching, memory handling and distribution:
   position's logits; blocks below k are not computed), :func:`capture_from`;
 * **rows** (:mod:`._rows`, :mod:`._baseline`): :class:`Rows` and :func:`metric_rows` (the metric of
   every row into a table), :func:`baseline` (the clean and corrupt runs, activations captured on the way);
+* **the suffix forward** (:mod:`._suffix`, :mod:`._suffix_sweep`): :class:`SuffixRunner`, a
+  functional forward that starts after a patched site (and, per position, at the patched
+  position), checked once per model against the bridge; :func:`suffix_values` runs a plan's
+  sweep on it where :func:`suffix_applies`, and :func:`entering` gives the stream a site's new
+  value sends on (differentiable: ``SuffixRunner.run(..., grad=True)``);
 * **patches** (:mod:`._plan`, :mod:`._sources`): :class:`Plan` / :func:`make_plan` / :func:`patch_mask`
   (which rows patch what), :func:`masked_patch_hook`, and the ablation sources (``zero``,
   ``mean``, ``resample``, ``counterfactual``) with :data:`DIRECTIONS`.
@@ -82,6 +87,16 @@ from interpkit.runtime._sources import default_ablation as default_ablation
 from interpkit.runtime._sources import default_direction as default_direction
 from interpkit.runtime._sources import derangement as derangement
 from interpkit.runtime._sources import mean_activation as mean_activation
+from interpkit.runtime._suffix import SuffixRunner as SuffixRunner
+from interpkit.runtime._suffix_parts import SuffixUnsupported as SuffixUnsupported
+from interpkit.runtime._suffix_sweep import answer_columns as answer_columns
+from interpkit.runtime._suffix_sweep import entering as entering
+from interpkit.runtime._suffix_sweep import first_block as first_block
+from interpkit.runtime._suffix_sweep import suffix_applies as suffix_applies
+from interpkit.runtime._suffix_sweep import metric_of as metric_of
+from interpkit.runtime._suffix_sweep import suffix_hooks as suffix_hooks
+from interpkit.runtime._suffix_sweep import suffix_site as suffix_site
+from interpkit.runtime._suffix_sweep import suffix_values as suffix_values
 
 __all__ = [
     "ABLATIONS",
@@ -95,7 +110,10 @@ __all__ = [
     "Plan",
     "Rows",
     "StopForward",
+    "SuffixRunner",
+    "SuffixUnsupported",
     "ablation_source",
+    "answer_columns",
     "auto_rows",
     "baseline",
     "capture",
@@ -107,7 +125,9 @@ __all__ = [
     "default_ablation",
     "default_direction",
     "derangement",
+    "entering",
     "final_hook",
+    "first_block",
     "forward_final",
     "free_memory_bytes",
     "grad_rows",
@@ -117,12 +137,17 @@ __all__ = [
     "make_plan",
     "masked_patch_hook",
     "mean_activation",
+    "metric_of",
     "metric_rows",
     "patch_mask",
     "run_chunked",
     "skipping_blocks",
     "skips_blocks",
     "str_tokens",
+    "suffix_applies",
+    "suffix_hooks",
+    "suffix_site",
+    "suffix_values",
     "sweep",
     "tail_is_exact",
 ]

@@ -1,26 +1,28 @@
-"""Per-position sweeps through the suffix-only forward: the prefix-reuse fast path of ``ik.patch``.
+"""Sweeps through the suffix-only forward: the prefix-reuse fast path of ``ik.patch`` and the checks.
 
-A patch at layer l and position p leaves positions < p and layers < l untouched, so
-:mod:`interpkit.patching._suffix` recomputes only positions p.. of layers l.. (keys and values of
-the earlier positions come from the base run). For a sweep over every position this does about
-half the work of the hook engine's layer-start forwards, and much less for late layers, whose
-patches reach the answer position through few blocks.
+A patch at layer l leaves layers < l untouched, and a patch at position p leaves positions < p
+untouched too, so :mod:`interpkit.runtime._suffix` recomputes only layers l.. (and, per
+position, only positions p.., keys and values of the earlier positions coming from the base
+run). For a sweep over every position this does about half the work of the hook engine's
+layer-start forwards, and much less for late layers, whose patches reach the answer position
+through few blocks. A whole-sequence patch (``per_position=False``) starts after the patched
+site: a head's patch re-runs neither its own layer's attention nor anything below it.
 
 :func:`suffix_values` fills the same ``(patch, example)`` table as the hook engine; ``ik.patch``
-uses it for per-position sweeps of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``,
-``mlp_out`` and ``head_out`` when :meth:`SuffixRunner.check` says the suffix forward reproduces
-the model (else the hook engine runs). Both are tested against the literal one-forward-per-patch
-reference (``tests/patching_reference.py``).
+and the honesty checks use it for sweeps of ``resid_pre``, ``resid_mid``, ``resid_post``,
+``attn_out``, ``mlp_out`` and ``head_out`` when :meth:`SuffixRunner.check` says the suffix
+forward reproduces the model (else the hook engine runs). Both are tested against the literal
+one-forward-per-patch reference (``tests/patching_reference.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from interpkit.patching._suffix import SUFFIX_SITES, BaseRun, SuffixRunner, SuffixUnsupported, base_hooks
-from interpkit.runtime import Batcher, sweep
+from interpkit.batching import Batcher, sweep
+from interpkit.runtime._suffix import SUFFIX_SITES, BaseRun, SuffixRunner, SuffixUnsupported, base_hooks
 
 if TYPE_CHECKING:
     import torch
@@ -33,9 +35,41 @@ if TYPE_CHECKING:
 _SITE_OF_KIND = {"z": "head_out", **{s: s for s in SUFFIX_SITES if s != "head_out"}}
 
 
+def suffix_site(kind: str) -> str | None:
+    """The suffix forward's name for a plan's site ``kind`` (``"z"`` -> ``"head_out"``); None where it has none."""
+    return _SITE_OF_KIND.get(kind)
+
+
 def suffix_applies(model: Model, plan: Plan) -> bool:
-    """Whether a sweep of ``plan`` can run on the suffix forward (per position, supported site and model)."""
-    return plan.pos is not None and plan.kind in _SITE_OF_KIND and SuffixRunner.check(model)
+    """Whether a sweep of ``plan`` can run on the suffix forward (a supported site and model)."""
+    return plan.kind in _SITE_OF_KIND and plan.dest is None and SuffixRunner.check(model)
+
+
+def answer_columns(metric_name: str, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor | None:
+    """``(batch, 2)`` token ids whose logits alone the metric needs (``logit_diff``), else None (whole vocabulary).
+
+    Two logits per row instead of the vocabulary: the unembedding is the largest matmul of a small model.
+    """
+    import torch
+
+    return torch.stack([answer, wrong], dim=1) if metric_name == "logit_diff" else None
+
+
+def metric_of(
+    metric: Callable[..., torch.Tensor],
+    logits: torch.Tensor,
+    on_columns: bool,
+    answer: torch.Tensor,
+    wrong: torch.Tensor,
+    clean_logprobs: torch.Tensor,
+) -> torch.Tensor:
+    """The metric per row of ``logits``: the whole vocabulary, or the two :func:`answer_columns`."""
+    import torch
+
+    if not on_columns:
+        return metric(logits, answer, wrong, clean_logprobs)
+    first = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    return metric(logits, first, first + 1, None)
 
 
 def suffix_hooks(model: Model) -> list[str]:
@@ -76,13 +110,12 @@ def suffix_values(
     site = _SITE_OF_KIND[plan.kind]
     dev = model.device
     base = runner.capture(None, task.answer_pos, target_acts)
-    positions = sorted(set(plan.pos))
+    positions = sorted(set(plan.pos or ()))
     pos_index = {p: i for i, p in enumerate(positions)}
     heads = model.cfg.n_heads if site == "head_out" else 1
     n_examples = len(task)
     answer, wrong = task.answer.to(dev), task.wrong.to(dev)
-    # logit_diff needs two logits per row, not the whole vocabulary (the largest matmul of a small model)
-    columns = torch.stack([answer, wrong], dim=1) if metric_name == "logit_diff" else None
+    columns = answer_columns(metric_name, answer, wrong)
     by_layer: dict[int, list[int]] = {}
     for i, layer in enumerate(plan.layer):
         by_layer.setdefault(layer, []).append(i)
@@ -90,19 +123,21 @@ def suffix_values(
 
     def run(segment: int, a: int, b: int) -> None:
         layer, ids = by_layer_list[segment]
-        p_idx = torch.tensor([pos_index[plan.pos[i]] for i in ids], device=dev)
+        p_idx = torch.tensor([pos_index[plan.pos[i]] for i in ids] if plan.pos else [], device=dev, dtype=torch.long)
         h_idx = torch.tensor([plan.head[i] if plan.head is not None else 0 for i in ids], device=dev)
         src = sources[layer]
         src = src if src.shape[0] == 1 else src[a:b]
         cols = None if columns is None else columns[a:b]
-        logits = suffix_sweep(runner, _slice(base, a, b), site, layer, src, positions, cols)  # (P, H, B, k)
-        logits = logits[p_idx, h_idx].flatten(0, 1)  # (patch x example, k)
-        ex = torch.arange(a, b, device=dev).repeat(len(ids))
-        if columns is None:
-            vals = metric(logits, answer[ex], wrong[ex], clean_logprobs[ex])
+        if plan.pos is None:  # whole-sequence patches: rows for the heads the plan names at this layer
+            wanted = sorted({int(h) for h in h_idx.tolist()}) if site == "head_out" else None
+            logits = suffix_whole(runner, _slice(base, a, b), site, layer, src, cols, wanted)
+            row_of = torch.tensor([wanted.index(int(h)) for h in h_idx] if wanted else [0] * len(ids), device=dev)
+            logits = logits[row_of].flatten(0, 1)
         else:
-            first = torch.zeros(len(ex), dtype=torch.long, device=dev)
-            vals = metric(logits, first, first + 1, None)
+            logits = suffix_sweep(runner, _slice(base, a, b), site, layer, src, positions, cols)  # (P, H, B, k)
+            logits = logits[p_idx, h_idx].flatten(0, 1)  # (patch x example, k)
+        ex = torch.arange(a, b, device=dev).repeat(len(ids))
+        vals = metric_of(metric, logits, columns is not None, answer[ex], wrong[ex], clean_logprobs[ex])
         check_nan(vals, [i for i in ids for _ in range(b - a)], ex.tolist())
         rows = torch.tensor(ids, device=dev)[:, None]
         values[rows, torch.arange(a, b, device=dev)[None]] = vals.reshape(len(ids), b - a).to(values.dtype)
@@ -144,9 +179,8 @@ def suffix_sweep(
     head = torch.arange(heads, device=dev).repeat_interleave(batch)
     cols = None if columns is None else columns.to(dev)[ex]
     source = source.to(dev).expand(batch, *source.shape[1:])
-    lay = runner.layers[layer]
-    writes = runner.model.anatomy.hook_writes  # is hook_attn_out / hook_mlp_out the residual write itself?
-    start = layer if site == "resid_pre" else layer + 1  # the first block the patched stream enters
+    own = (head[:, None] == torch.arange(heads, device=dev)[None])[..., None]  # (rows, head, 1)
+    start = first_block(site, layer)
     out: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
         unpatched = runner.unembed(base.resid_pre[-1][ex, base.answer_pos[ex]], cols)
@@ -156,23 +190,9 @@ def suffix_sweep(
                 out[p] = unpatched
                 continue
             src = source[ex, p]
-            if site in ("resid_pre", "resid_post"):
-                patched[p] = src
-            elif site == "mlp_out":
-                write = src if writes["mlp_out"] else runner.mlp_write(lay, src)
-                patched[p] = base.resid_mid[layer][ex, p] + write
-            elif site == "resid_mid":
-                # The bridge's hook_resid_mid is ln2.hook_in: a patch there feeds the MLP only,
-                # the residual connection keeps the base value (as a hooked run does).
-                patched[p] = base.resid_mid[layer][ex, p] + runner.mlp_out(layer, src)
-            else:
-                if site == "attn_out":
-                    mid = base.resid_pre[layer][ex, p] + (src if writes["attn_out"] else runner.attn_write(lay, src))
-                else:  # head_out: row (h, b) takes head h of z from the source
-                    own = (head[:, None] == torch.arange(heads, device=dev)[None])[..., None]
-                    z = torch.where(own, src, base.z[layer][ex, p])
-                    mid = base.resid_pre[layer][ex, p] + runner.attn_write(lay, runner.attn_out(lay, z))
-                patched[p] = mid + runner.mlp_out(layer, mid)
+            if site == "head_out":  # row (h, b) takes head h of z from the source
+                src = torch.where(own, src, base.z[layer][ex, p])
+            patched[p] = entering(runner, site, layer, src, base.resid_pre[layer][ex, p], base.resid_mid[layer][ex, p])
         for bucket in _buckets(sorted(patched), n, len(ex), runner.model.cfg.d_model):
             # One suffix run from the bucket's first position p0 for all its patches: row (p, h, b) is
             # the base stream of positions p0.. with position p replaced (positions p0..p-1 are
@@ -186,6 +206,73 @@ def suffix_sweep(
             for j, p in enumerate(bucket):
                 out[p] = logits[j * len(ex) : (j + 1) * len(ex)]
     return torch.stack([out[p] for p in positions]).unflatten(1, (heads, batch))
+
+
+def first_block(site: str, layer: int) -> int:
+    """The first block a stream patched at ``site`` of ``layer`` enters (the block itself for ``resid_pre``)."""
+    return layer if site == "resid_pre" else layer + 1
+
+
+def entering(
+    runner: SuffixRunner, site: str, layer: int, value: torch.Tensor, pre: torch.Tensor, mid: torch.Tensor
+) -> torch.Tensor:
+    """The residual stream entering block :func:`first_block` when ``site`` of ``layer`` holds ``value``.
+
+    ``pre``/``mid``: the base run's ``resid_pre``/``resid_mid`` of ``layer`` at the same rows and
+    positions as ``value`` (any leading shape; ``value`` is ``z`` (..., head, d_head) for ``head_out``).
+    """
+    lay = runner.layers[layer]
+    writes = runner.model.anatomy.hook_writes  # is hook_attn_out / hook_mlp_out the residual write itself?
+    if site in ("resid_pre", "resid_post"):
+        return value
+    if site == "mlp_out":
+        return mid + (value if writes["mlp_out"] else runner.mlp_write(lay, value))
+    if site == "resid_mid":
+        # The bridge's hook_resid_mid is ln2.hook_in: a patch there feeds the MLP only,
+        # the residual connection keeps the base value (as a hooked run does).
+        return mid + runner.mlp_out(layer, value)
+    if site == "attn_out":
+        after = pre + (value if writes["attn_out"] else runner.attn_write(lay, value))
+    else:  # head_out
+        after = pre + runner.attn_write(lay, runner.attn_out(lay, value))
+    return after + runner.mlp_out(layer, after)
+
+
+def suffix_whole(
+    runner: SuffixRunner,
+    base: BaseRun,
+    site: str,
+    layer: int,
+    source: torch.Tensor,
+    columns: torch.Tensor | None = None,
+    heads: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Logits ``(head, batch, k)`` of patching ``site`` of ``layer`` at every position at once.
+
+    ``source`` as for :func:`suffix_sweep` (positions past the base run's last answer position
+    are ignored: they change nothing the metric reads). For ``head_out`` row i of the head axis
+    patches head ``heads[i]`` alone (default: every head); other sites have a head axis of length 1.
+    """
+    import torch
+
+    if site not in SUFFIX_SITES:
+        raise SuffixUnsupported(f"suffix sweeps cover {SUFFIX_SITES}, not {site!r}")
+    n, batch, dev = base.n_pos, base.resid_pre[0].shape[0], base.resid_pre[0].device
+    if site == "head_out":
+        heads = list(range(runner.n_heads)) if heads is None else list(heads)
+    else:
+        heads = [0]
+    ex = torch.arange(batch, device=dev).repeat(len(heads))  # rows are (head, example)
+    with torch.inference_mode():
+        value = source.to(dev).expand(batch, *source.shape[1:])[ex, :n]
+        if site == "head_out":
+            head = torch.tensor(heads, device=dev).repeat_interleave(batch)
+            own = head[:, None] == torch.arange(runner.n_heads, device=dev)[None]
+            value = torch.where(own[:, None, :, None], value, base.z[layer][ex])  # (rows, pos, head, d_head)
+        x = entering(runner, site, layer, value, base.resid_pre[layer][ex], base.resid_mid[layer][ex])
+        cols = None if columns is None else columns.to(dev)[ex]
+        logits = runner.run(base, first_block(site, layer), "pre", x, 0, ex, cols)
+    return logits.unflatten(0, (len(heads), batch))
 
 
 _WORK_PER_RUN = 2**27  # multiply-adds per block per suffix run below which runs are merged (overhead-bound)

@@ -1,4 +1,4 @@
-"""The pieces of the suffix-only forward (:mod:`interpkit.patching._suffix`): which architectures it
+"""The pieces of the suffix-only forward (:mod:`interpkit.runtime._suffix`): which architectures it
 implements, and each layer's weights and norms, all read from the model's anatomy."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from interpkit.models.anatomy import AnatomyError, activation
-from interpkit.patching._suffix_parts import SuffixUnsupported, _Layer, read_layer, unsupported_reason
+from interpkit.runtime._suffix_parts import SuffixUnsupported, _Layer, read_layer, unsupported_reason
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,7 @@ class SuffixRunner:
         self.n_heads, self.n_kv, self.d_head = c.n_heads, c.n_kv_heads, c.d_head
         self.attn_only = c.attn_only
         self.act = None if c.attn_only else activation(an.act_name)
-        with torch.inference_mode():
+        with torch.no_grad():  # plain tensors (not inference ones): a run with ``grad=True`` differentiates through them
             try:
                 self.layers: list[_Layer] = [read_layer(model, lay) for lay in range(c.n_layers)]
                 self.ln_final = an.final_norm.apply
@@ -165,8 +165,13 @@ class SuffixRunner:
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         return q, k, v
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int) -> torch.Tensor:
-        """z (rows, s, head, d_head) for queries at positions p.. over keys at positions 0.."""
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int, at: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """z (rows, s, head, d_head) for queries at positions p.. over keys at positions 0..
+
+        ``at`` (rows,): one query per row (``s`` = 1), at that row's own position.
+        """
         import torch
 
         rows, s, _, dh = q.shape
@@ -175,7 +180,11 @@ class SuffixRunner:
         qg = q.reshape(rows, s, self.n_kv, group, dh).permute(0, 2, 3, 1, 4)  # (rows, kv, group, s, dh)
         kt = k.permute(0, 2, 3, 1)[:, :, None]  # (rows, kv, 1, dh, n)
         scores = (qg @ kt) * self.scale  # (rows, kv, group, s, n)
-        future = torch.arange(n, device=q.device)[None, :] > torch.arange(p, p + s, device=q.device)[:, None]
+        keys = torch.arange(n, device=q.device)
+        if at is None:
+            future = keys[None, :] > torch.arange(p, p + s, device=q.device)[:, None]
+        else:
+            future = (keys[None, :] > at[:, None])[:, None, None, None, :]
         scores = scores.masked_fill(future, float("-inf"))
         pattern = scores.softmax(-1).to(v.dtype)
         z = pattern @ v.permute(0, 2, 1, 3)[:, :, None]  # (rows, kv, group, s, dh)
@@ -230,7 +239,7 @@ class SuffixRunner:
         """
         import torch
 
-        from interpkit.runtime import capture
+        from interpkit.runtime._forward import capture
 
         m = self.model
         n = int(answer_pos.max()) + 1
@@ -259,14 +268,18 @@ class SuffixRunner:
         p: int,
         ex: torch.Tensor,
         columns: torch.Tensor | None = None,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Logits (rows, d_vocab, or rows, k for ``columns``) at each row's answer position.
 
         ``resid`` (rows, n - p, d_model) is the residual stream of positions p..n-1 entering
         block ``start_layer`` (``stage`` "pre") or its MLP ("mid"); row r continues base example
         ``ex[r]``, whose keys and values supply positions < p. Rows whose answer position is
-        before p get the base run's logits.
+        before p get the base run's logits. ``grad``: record the run for autograd (gradients
+        reach ``resid``; no weight gradients are kept), else it runs in inference mode.
         """
+        import contextlib
+
         import torch
 
         if stage not in ("pre", "mid"):
@@ -274,7 +287,11 @@ class SuffixRunner:
         cos = None if base.cos is None else base.cos[p:]
         sin = None if base.sin is None else base.sin[p:]
         x = resid
-        with torch.inference_mode():
+        with contextlib.nullcontext() if grad else torch.inference_mode():
+            at = base.answer_pos[ex]
+            rows = torch.arange(len(ex), device=x.device)
+            own = (at - p).clamp(0, x.shape[1] - 1)  # each row's answer position within the suffix
+            last = len(self.layers) - 1
             for li in range(start_layer, len(self.layers)):
                 lay = self.layers[li]
                 if li > start_layer or stage == "pre":
@@ -282,12 +299,17 @@ class SuffixRunner:
                     if p:
                         k = torch.cat([base.k[li][ex, :p], k], dim=1)
                         v = torch.cat([base.v[li][ex, :p], v], dim=1)
-                    x = x + self.attn_write(lay, self.attn_out(lay, self._attend(q, k, v, p)))
+                    if li == last:  # the last block: only the answer position is read, one query per row
+                        z = self._attend(q[rows, own][:, None], k, v, p, at.clamp(min=p))
+                        x = x[rows, own][:, None]
+                    else:
+                        z = self._attend(q, k, v, p)
+                    x = x + self.attn_write(lay, self.attn_out(lay, z))
+                elif li == last:
+                    x = x[rows, own][:, None]
                 if not self.attn_only:
                     x = x + self.mlp_write(lay, self._mlp(lay, x))
-            at = base.answer_pos[ex]
-            rows = torch.arange(len(ex), device=x.device)
-            final = x[rows, (at - p).clamp(0, x.shape[1] - 1)]
+            final = x[:, 0] if start_layer <= last else x[rows, own]
             final = torch.where((at < p)[:, None], base.resid_pre[-1][ex, at], final)
             return self.unembed(final, columns)
 
