@@ -81,6 +81,18 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]
     return statistics.median(times), [round(t, 3) for t in times], out
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` run in turn, ``repeats`` rounds: every round times each once, so a
+    machine that slows down or speeds up during the run moves all of them alike (shared hosts drift)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def timed_once(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
@@ -122,8 +134,9 @@ class Bench:
         diff: float | str,
         first: tuple[float, float] | None = None,
     ) -> dict:
-        ours_s, ours_runs, _ = median_time(ours, repeats)
-        theirs_s, theirs_runs, _ = median_time(theirs, repeats)
+        times = interleaved({"ours": ours, "theirs": theirs}, repeats)
+        ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        ours_runs, theirs_runs = [round(t, 3) for t in times["ours"]], [round(t, 3) for t in times["theirs"]]
         row = {
             "job": job,
             "interpkit_s": round(ours_s, 3),
@@ -173,7 +186,7 @@ def job_heads(b: Bench) -> None:
     b.compare(name, "nnsight (one trace per patch)", ours, theirs, b.args.repeats, diff, (o_s, p_s))
 
 
-def unit(model: ik.Model, task: Any, repeats: int = 3) -> float:
+def unit(model: ik.Model, task: Any, repeats: int = 3, warm: bool = True) -> float:
     """Seconds of one forward + backward of the task's corrupt batch (the attribution unit), median."""
     metric = peers.logit_diff(task.answer_pos, task.answer, task.wrong)
 
@@ -182,7 +195,8 @@ def unit(model: ik.Model, task: Any, repeats: int = 3) -> float:
             metric(model.bridge(task.corrupt)).backward()
         model.bridge.zero_grad(set_to_none=True)
 
-    once()
+    if warm:
+        once()
     return median_time(once, repeats)[0]
 
 
@@ -198,18 +212,25 @@ def job_atp(b: Bench) -> None:
 
     (res, o_s), (p, p_s) = timed_once(ours), timed_once(theirs)
     diff = agree("atp", res.scores - res.corrupt_value, p, b.args.attr_tol)
-    u = unit(b.model, t)
     reps, name = b.args.atp_repeats, f"node AtP, {c.n_layers * c.n_heads} heads, check=0"
     row = b.compare(name, "nnsight AtP recipe", ours, theirs, reps, diff, (o_s, p_s))
     ours(None)  # warm the exact-patching check
-    checked_s, runs, _ = median_time(lambda: ours(None), reps)
-    emit(job="node AtP with its default check", interpkit_s=round(checked_s, 3), runs_s=runs, unit_s=round(u, 3),
-         units=round(checked_s / u, 2), units_check0=round(row["interpkit_s"] / u, 2),
-         units_peer=round(row["peer_s"] / u, 2), check_over_nocheck=round(checked_s / row["interpkit_s"], 2))  # fmt: skip
+    checked_s, check0_s, u = check_cost(b.model, t, lambda: ours(0), lambda: ours(None), reps)
+    emit(job="node AtP with its default check", interpkit_s=round(checked_s, 3), check0_s=round(check0_s, 3),
+         unit_s=round(u, 3), units=round(checked_s / u, 2), units_check0=round(check0_s / u, 2),
+         check_units=round((checked_s - check0_s) / u, 2), units_peer=round(row["peer_s"] / u, 2))  # fmt: skip
     b.table.append(
         ("node AtP with the default check", f"{checked_s:.2f} s", f"nnsight AtP recipe {row['peer_s']:.2f} s",
-         f"{row['peer_s'] / checked_s:.2f}x", f"{checked_s / u:.2f} units (check=0: {row['interpkit_s'] / u:.2f})")
+         f"{row['peer_s'] / checked_s:.2f}x", f"{checked_s / u:.2f} units (check=0: {check0_s / u:.2f})")
     )  # fmt: skip
+
+
+def check_cost(
+    model: ik.Model, task: Any, alone: Callable[[], Any], checked: Callable[[], Any], repeats: int
+) -> tuple[float, float, float]:
+    """Medians of a method with its check, without, and of the unit, the three taking turns."""
+    times = interleaved({"checked": checked, "alone": alone, "unit": lambda: unit(model, task, 1, warm=False)}, repeats)
+    return tuple(statistics.median(times[k]) for k in ("checked", "alone", "unit"))  # type: ignore[return-value]
 
 
 def job_ig(b: Bench) -> None:
@@ -234,24 +255,21 @@ def job_ig(b: Bench) -> None:
 def job_honesty(b: Bench) -> None:
     for n in b.args.honesty_sizes:
         task = ik.tasks.load("ioi", b.model, n=n, seed=0)
-        u = unit(b.model, task)
-        runs = {
-            "node AtP, check=0": lambda t=task: ik.attribute(b.model, t, "atp", "node", site="head_out", check=0),
-            "node AtP, default check": lambda t=task: ik.attribute(b.model, t, "atp", "node", site="head_out"),
-            "EAP all edges, check=0": lambda t=task: ik.attribute(
-                b.model, t, "eap", "edge", direction="denoise", check=0
+        methods = {
+            "node AtP": lambda check, t=task: ik.attribute(b.model, t, "atp", "node", site="head_out", **check),
+            "EAP all edges": lambda check, t=task: ik.attribute(
+                b.model, t, "eap", "edge", direction="denoise", **check
             ),
-            "EAP all edges, default check": lambda t=task: ik.attribute(b.model, t, "eap", "edge", direction="denoise"),
         }
         # warm-up: interpkit's once-per-model exactness checks (the hook engine's, the suffix forward's)
         ik.patch(b.model, task, "head_out", layers=[b.model.cfg.n_layers - 1])
-        got = {}
-        for what, fn in runs.items():
-            got[what], times, _ = median_time(fn, b.args.honesty_repeats)
-            emit(job="honesty", what=what, n=n, s=round(got[what], 3), runs_s=times, unit_s=round(u, 3),
-                 units=round(got[what] / u, 2))  # fmt: skip
-        for method in ("node AtP", "EAP all edges"):
-            alone, checked = got[f"{method}, check=0"], got[f"{method}, default check"]
+        for method, fn in methods.items():
+            fn({})
+            checked, alone, u = check_cost(b.model, task, lambda f=fn: f({"check": 0}), lambda f=fn: f({}),
+                                           b.args.honesty_repeats)  # fmt: skip
+            emit(job="honesty", what=method, n=n, alone_s=round(alone, 3), checked_s=round(checked, 3),
+                 unit_s=round(u, 3), units_alone=round(alone / u, 2), units_checked=round(checked / u, 2),
+                 check_units=round((checked - alone) / u, 2))  # fmt: skip
             b.table.append(
                 (f"{method}, {n} prompts: check cost", f"{alone:.2f} s -> {checked:.2f} s", f"unit {u:.2f} s",
                  f"{checked / alone:.2f}x", f"{alone / u:.2f} -> {checked / u:.2f} units (check {(checked - alone) / u:.2f})")

@@ -165,8 +165,11 @@ def test_prefix_reuse_sweep_survives_oom(per_position, tiny_llama, monkeypatch):
         return real(runner, base, *args, **kwargs)
 
     monkeypatch.setattr(suffix_patch, fn, tight)
-    got = ik.patch(tiny_llama, task, site="head_out", per_position=per_position, batch_size=6 * 6)  # 6 examples per chunk
+    # 6 examples per chunk: per position a chunk is one layer's heads (6 rows per example), whole-sequence
+    # it is every layer's heads at once (one staggered run)
+    rows_per_example = 6 if per_position else 6 * tiny_llama.cfg.n_layers
+    got = ik.patch(tiny_llama, task, site="head_out", per_position=per_position, batch_size=6 * rows_per_example)
     assert got.meta["engine"] == "suffix"
-    # 6 examples fail, 3 fail, then 1 per chunk: each example runs once per layer, nothing finished is redone
-    assert seen == [1] * (len(task) * tiny_llama.cfg.n_layers)
+    # 6 examples fail, 3 fail, then 1 per chunk: each example runs once per run, nothing finished is redone
+    assert seen == [1] * (len(task) * (tiny_llama.cfg.n_layers if per_position else 1))
     torch.testing.assert_close(got.extras["per_example"], want.extras["per_example"], atol=1e-6, rtol=1e-6)

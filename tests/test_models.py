@@ -90,7 +90,11 @@ def test_unknown_name_suggests_registry(monkeypatch):
 
 
 def test_hub_id_offline_names_alternatives(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read once at import (an earlier test imported it): without this the call waits on network timeouts
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubUnavailableError, match="smollm2-135m"):
         load_model("someone/some-model-that-is-not-cached")
 

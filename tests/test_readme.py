@@ -16,8 +16,9 @@ The rules (what a README author needs to know):
   must return 0.
 * Everything runs in a temporary working directory (files the examples write, ``runs/...``, land
   there), which holds a link ``experiments`` to the repository's ``experiments/`` for the example
-  data. ``ik.load_model(spec)`` with no other argument is cached for the session, so the embedded
-  model loads once (a block that changes the model in place, e.g. ``model.to(...)``, must load it
+  data. ``ik.load_model(spec)`` with no other argument (and the command line's loads with no
+  ``--device``/``--dtype``/``--device-map``) is cached for the module, so the embedded model
+  loads once (a block that changes the model in place, e.g. ``model.to(...)``, must load it
   with arguments). Warnings are errors here as in the rest of the suite, so an example that warns
   fails.
 """
@@ -112,21 +113,24 @@ def _drop_cached_models():
 
 @pytest.fixture
 def readme_dir(tmp_path, monkeypatch):
-    """A scratch working directory with ``experiments/`` linked in, and ``ik.load_model(spec)`` cached."""
+    """A scratch working directory with ``experiments/`` linked in, and ``ik.load_model(spec)`` cached
+    (also as the command line calls it: ``interpkit.models.load_model`` with its options unset)."""
     import interpkit as ik
+    import interpkit.models
 
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
     monkeypatch.chdir(tmp_path)
-    load = ik.load_model
+    load = interpkit.models.load_model
 
     def cached(spec, *args, **kwargs):
-        if args or kwargs or not isinstance(spec, str):
+        if args or any(v is not None for v in kwargs.values()) or not isinstance(spec, str):
             return load(spec, *args, **kwargs)
         if spec not in _MODELS:
             _MODELS[spec] = load(spec)
         return _MODELS[spec]
 
     monkeypatch.setattr(ik, "load_model", cached)
+    monkeypatch.setattr(interpkit.models, "load_model", cached)
     return tmp_path
 
 

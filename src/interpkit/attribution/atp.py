@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from interpkit.attribution._errors import AttributionError as AttributionError
 from interpkit.attribution._errors import no_gradient as no_gradient
-from interpkit.attribution.honesty import DEFAULT_SAMPLE, check_size, node_check
+from interpkit.attribution.honesty import DEFAULT_SAMPLE, check_size, exact_on_suffix, node_check
 from interpkit.attribution.honesty import spearman as spearman
 from interpkit.metrics import get as get_metric
 from interpkit.results import Result, make_provenance
-from interpkit.runtime import Plan, baseline, check_mode, make_plan, patch_mask, str_tokens
+from interpkit.runtime import Plan, baseline, check_mode, make_plan, patch_mask, str_tokens, suffix_hooks
 
 if TYPE_CHECKING:
     import torch
@@ -136,8 +136,12 @@ def setup(
     needed = sorted(set(plan.layer))
     names = [model.resolve_hook(plan.hook(lay)) for lay in needed]
     hooks = [*names, *extra_hooks]
-    base = baseline(model, task, metric, hooks, hooks)  # the two runs, the site captured on the way
     denoise = direction == "denoise"
+    # the check's exact patches start from the target run's residual streams: captured on the way too
+    for_check = suffix_hooks(model) if check_size(check)[0] and exact_on_suffix(model, plan) else []
+    target_hooks = [*hooks, *for_check]
+    clean_hooks, corrupt_hooks = (hooks, target_hooks) if denoise else (target_hooks, hooks)
+    base = baseline(model, task, metric, clean_hooks, corrupt_hooks)  # the two runs, the site captured on the way
     target, source = (task.corrupt, task.clean) if denoise else (task.clean, task.corrupt)
     source_acts, target_acts = (
         (base["clean_acts"], base["corrupt_acts"]) if denoise else (base["corrupt_acts"], base["clean_acts"])
@@ -202,7 +206,7 @@ def finish(
         target = run.base["corrupt"] if run.direction == "denoise" else run.base["clean"]
         result.extras["check"] = node_check(
             model, run.task, plan, estimate, run.direction, run.metric, run.base["clean_logprobs"], check, seed,
-            target, run.source_acts,
+            target, run.source_acts, run.target_acts,
         )  # fmt: skip
     return result
 

@@ -156,12 +156,15 @@ def exact_nodes(
     clean_logprobs: torch.Tensor,
     examples: Sequence[int] | None = None,
     source_acts: dict[str, torch.Tensor] | None = None,
+    target_acts: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Exact patching of the plan entries ``idx``: metric after patching, ``(len(idx), len(examples))``.
 
-    The same batched rows as ``ik.patch`` (each row one (patch, example), starting from the
-    target run's ``resid_pre`` of the patch's layer), restricted to the sample. ``source_acts``:
-    the source run's activations at the plan's hooks for every example, when the caller has them.
+    The same batched rows as ``ik.patch`` (each row one (patch, example), starting after the
+    patched site on the suffix forward where :func:`exact_on_suffix`, else from the target run's
+    ``resid_pre`` of the patch's layer), restricted to the sample. ``source_acts``/``target_acts``:
+    the source/target run's activations for every example, when the caller has them (the
+    target's are used when they hold every hook the rows start from).
     """
     import torch
 
@@ -173,7 +176,6 @@ def exact_nodes(
         masked_patch_hook,
         metric_rows,
         patch_mask,
-        suffix_applies,
         suffix_hooks,
         suffix_values,
     )
@@ -185,21 +187,24 @@ def exact_nodes(
     layers = sorted(set(sub.layer))
     hook_names = {lay: model.resolve_hook(sub.hook(lay)) for lay in layers}
     resid_names = {lay: model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in layers}
-    # whole-sequence patches start after the patched site, as ik.patch's do (a per-position sample
-    # stays on the hook engine: the suffix sweep would run every head at every sampled position)
-    use_suffix = sub.pos is None and suffix_applies(model, sub)
+    use_suffix = exact_on_suffix(model, sub)
     target, source = (part.corrupt, part.clean) if direction == "denoise" else (part.clean, part.corrupt)
-    target_acts, _ = capture(model, target, suffix_hooks(model) if use_suffix else list(resid_names.values()))
+    w = part.n_pos
+
+    def rows_of(acts: dict[str, torch.Tensor], names: Sequence[str], pattern: bool = False) -> dict[str, torch.Tensor]:
+        """The checked examples' activations at ``names``, at the subset's (trimmed) width."""
+        trim = (slice(None), slice(None), slice(0, w), slice(0, w)) if pattern else (slice(None), slice(0, w))
+        return {h: acts[h][sel.to(acts[h].device)][trim] for h in names}
+
+    starts = suffix_hooks(model) if use_suffix else list(resid_names.values())
+    if target_acts is not None and set(starts) <= set(target_acts):
+        target_acts = rows_of(target_acts, starts)
+    else:
+        target_acts, _ = capture(model, target, starts)
     if source_acts is None:
         source_acts, _ = capture(model, source, list(hook_names.values()))
-    else:  # the method's own source run, at the checked examples and the subset's (trimmed) width
-        w = part.n_pos
-        trim = (
-            (slice(None), slice(None), slice(0, w), slice(0, w))
-            if sub.kind == "pattern"
-            else (slice(None), slice(0, w))
-        )
-        source_acts = {h: source_acts[h][sel.to(source_acts[h].device)][trim] for h in hook_names.values()}
+    else:  # the method's own source run
+        source_acts = rows_of(source_acts, list(hook_names.values()), sub.kind == "pattern")
     values = torch.full((len(sub), len(examples)), float("nan"), device=model.device)
     logprobs = clean_logprobs[sel.to(clean_logprobs.device)]
     if use_suffix:
@@ -228,6 +233,15 @@ def exact_nodes(
     return values
 
 
+def exact_on_suffix(model: Model, plan: Plan) -> bool:
+    """Whether a check's exact patches of ``plan`` run on the suffix forward: whole-sequence patches
+    of its sites (a per-position sample stays on the hook engine, since a suffix sweep runs every
+    head at every sampled position)."""
+    from interpkit.runtime import suffix_applies
+
+    return plan.pos is None and suffix_applies(model, plan)
+
+
 def node_check(
     model: Model,
     task: Task,
@@ -240,6 +254,7 @@ def node_check(
     seed: int = 0,
     target_values: torch.Tensor | None = None,
     source_acts: dict[str, torch.Tensor] | None = None,
+    target_acts: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Check a node estimate ``(len(plan), batch)`` (metric after patching) against exact patching.
 
@@ -250,6 +265,8 @@ def node_check(
     effect = estimate.mean(-1) - (0 if target_values is None else target_values.to(estimate).mean())
     idx = pick_sample(effect, k, seed)
     examples = sample_indices(len(task), n_examples, seed)
-    exact = exact_nodes(model, task, plan, idx, direction, metric, clean_logprobs, examples, source_acts).mean(-1)
+    exact = exact_nodes(
+        model, task, plan, idx, direction, metric, clean_logprobs, examples, source_acts, target_acts
+    ).mean(-1)
     labels = plan.component_labels()
     return summary(estimate[idx][:, examples].mean(-1), exact, [labels[i] for i in idx], seed, examples)

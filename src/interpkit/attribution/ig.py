@@ -76,7 +76,9 @@ def ig(
         t, s = run.target_acts[name], run.source_acts[name]
         mask = patch_mask(run.plan, ids, torch.Size((len(ids), *t.shape[1:])), t.device).any(0, keepdim=True)
         path = _Path(t, s, mask, steps, len(run.task))
-        grads[name] = _hook_grads(model, run, lay, name, path) if suffix is None else _suffix_grads(run, lay, path, *suffix)
+        grads[name] = (
+            _hook_grads(model, run, lay, name, path) if suffix is None else _suffix_grads(run, lay, path, *suffix)
+        )
     estimate = linear_estimate(model, run, grads) + _target(run)[None]
     meta = {"steps": steps, "rule": "midpoint", "engine": "hooks" if suffix is None else "suffix"}
     return finish(model, run, estimate, "ig", check, seed, meta)
@@ -110,12 +112,13 @@ class _Path:
 
 def _suffix(model: Model, run: Any) -> tuple[Any, Any] | None:
     """The suffix forward and the target's base run, where it implements the site and the model; else None."""
-    from interpkit.runtime import SuffixRunner, suffix_applies
+    from interpkit.runtime import SuffixRunner, suffix_applies, suffix_hooks
 
     if not suffix_applies(model, run.plan):
         return None
     runner = SuffixRunner(model)
-    return runner, runner.capture(run.target, run.task.answer_pos)
+    captured = set(suffix_hooks(model)) <= set(run.target_acts)  # when the check asked for them
+    return runner, runner.capture(run.target, run.task.answer_pos, run.target_acts if captured else None)
 
 
 def _suffix_grads(run: Any, lay: int, path: _Path, runner: Any, base: Any) -> torch.Tensor:

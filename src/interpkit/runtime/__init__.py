@@ -92,8 +92,8 @@ from interpkit.runtime._suffix_parts import SuffixUnsupported as SuffixUnsupport
 from interpkit.runtime._suffix_sweep import answer_columns as answer_columns
 from interpkit.runtime._suffix_sweep import entering as entering
 from interpkit.runtime._suffix_sweep import first_block as first_block
-from interpkit.runtime._suffix_sweep import suffix_applies as suffix_applies
 from interpkit.runtime._suffix_sweep import metric_of as metric_of
+from interpkit.runtime._suffix_sweep import suffix_applies as suffix_applies
 from interpkit.runtime._suffix_sweep import suffix_hooks as suffix_hooks
 from interpkit.runtime._suffix_sweep import suffix_site as suffix_site
 from interpkit.runtime._suffix_sweep import suffix_values as suffix_values

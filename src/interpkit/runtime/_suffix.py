@@ -24,6 +24,7 @@ silently wrong.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from interpkit.models.anatomy import AnatomyError, activation
@@ -80,7 +81,9 @@ class SuffixRunner:
         self.n_heads, self.n_kv, self.d_head = c.n_heads, c.n_kv_heads, c.d_head
         self.attn_only = c.attn_only
         self.act = None if c.attn_only else activation(an.act_name)
-        with torch.no_grad():  # plain tensors (not inference ones): a run with ``grad=True`` differentiates through them
+        with (
+            torch.no_grad()
+        ):  # plain tensors (not inference ones): a run with ``grad=True`` differentiates through them
             try:
                 self.layers: list[_Layer] = [read_layer(model, lay) for lay in range(c.n_layers)]
                 self.ln_final = an.final_norm.apply
@@ -269,6 +272,7 @@ class SuffixRunner:
         ex: torch.Tensor,
         columns: torch.Tensor | None = None,
         grad: bool = False,
+        joins: Sequence[tuple[int, torch.Tensor, torch.Tensor]] = (),
     ) -> torch.Tensor:
         """Logits (rows, d_vocab, or rows, k for ``columns``) at each row's answer position.
 
@@ -277,6 +281,11 @@ class SuffixRunner:
         ``ex[r]``, whose keys and values supply positions < p. Rows whose answer position is
         before p get the base run's logits. ``grad``: record the run for autograd (gradients
         reach ``resid``; no weight gradients are kept), else it runs in inference mode.
+
+        ``joins``: more rows ``(block, resid, ex)`` entering later blocks (``block`` >
+        ``start_layer``, up to ``n_layers``: the final residual), each computed from its own
+        block on but batched with the rows already running; their logits follow the first rows',
+        in order (``columns`` covers all rows in that order).
         """
         import contextlib
 
@@ -286,13 +295,16 @@ class SuffixRunner:
             raise ValueError(f"stage must be 'pre' or 'mid', got {stage!r}")
         cos = None if base.cos is None else base.cos[p:]
         sin = None if base.sin is None else base.sin[p:]
-        x = resid
+        x, last = resid, len(self.layers) - 1
+        pending = sorted(joins, key=lambda j: j[0])
         with contextlib.nullcontext() if grad else torch.inference_mode():
-            at = base.answer_pos[ex]
-            rows = torch.arange(len(ex), device=x.device)
-            own = (at - p).clamp(0, x.shape[1] - 1)  # each row's answer position within the suffix
-            last = len(self.layers) - 1
             for li in range(start_layer, len(self.layers)):
+                while pending and pending[0][0] <= li:
+                    _, more, more_ex = pending.pop(0)
+                    x, ex = torch.cat([x, more]), torch.cat([ex, more_ex])
+                at = base.answer_pos[ex]
+                rows = torch.arange(len(ex), device=x.device)
+                own = (at - p).clamp(0, x.shape[1] - 1)  # each row's answer position within the suffix
                 lay = self.layers[li]
                 if li > start_layer or stage == "pre":
                     q, k, v = self._qkv(lay, x, cos, sin)
@@ -309,9 +321,20 @@ class SuffixRunner:
                     x = x[rows, own][:, None]
                 if not self.attn_only:
                     x = x + self.mlp_write(lay, self._mlp(lay, x))
-            final = x[:, 0] if start_layer <= last else x[rows, own]
-            final = torch.where((at < p)[:, None], base.resid_pre[-1][ex, at], final)
+            finals = [x[:, 0] if start_layer <= last else self._at_answer(base, x, ex, p)]
+            finals += [self._at_answer(base, more, more_ex, p) for _, more, more_ex in pending]  # the final residual
+            ex = torch.cat([ex, *[more_ex for _, _, more_ex in pending]])
+            at = base.answer_pos[ex]
+            final = torch.where((at < p)[:, None], base.resid_pre[-1][ex, at], torch.cat(finals))
             return self.unembed(final, columns)
+
+    @staticmethod
+    def _at_answer(base: BaseRun, x: torch.Tensor, ex: torch.Tensor, p: int) -> torch.Tensor:
+        """Each row's stream (rows, n - p, d_model) at its answer position: (rows, d_model)."""
+        import torch
+
+        own = (base.answer_pos[ex] - p).clamp(0, x.shape[1] - 1)
+        return x[torch.arange(len(ex), device=x.device), own]
 
 
 def _qk_normed(norm: Any, h: torch.Tensor, n: int, d_head: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ one-forward-per-patch reference (``tests/patching_reference.py``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from interpkit.batching import Batcher, sweep
@@ -110,9 +110,6 @@ def suffix_values(
     site = _SITE_OF_KIND[plan.kind]
     dev = model.device
     base = runner.capture(None, task.answer_pos, target_acts)
-    positions = sorted(set(plan.pos or ()))
-    pos_index = {p: i for i, p in enumerate(positions)}
-    heads = model.cfg.n_heads if site == "head_out" else 1
     n_examples = len(task)
     answer, wrong = task.answer.to(dev), task.wrong.to(dev)
     columns = answer_columns(metric_name, answer, wrong)
@@ -121,29 +118,47 @@ def suffix_values(
         by_layer.setdefault(layer, []).append(i)
     by_layer_list = list(by_layer.items())
 
-    def run(segment: int, a: int, b: int) -> None:
-        layer, ids = by_layer_list[segment]
-        p_idx = torch.tensor([pos_index[plan.pos[i]] for i in ids] if plan.pos else [], device=dev, dtype=torch.long)
-        h_idx = torch.tensor([plan.head[i] if plan.head is not None else 0 for i in ids], device=dev)
-        src = sources[layer]
-        src = src if src.shape[0] == 1 else src[a:b]
-        cols = None if columns is None else columns[a:b]
-        if plan.pos is None:  # whole-sequence patches: rows for the heads the plan names at this layer
-            wanted = sorted({int(h) for h in h_idx.tolist()}) if site == "head_out" else None
-            logits = suffix_whole(runner, _slice(base, a, b), site, layer, src, cols, wanted)
-            row_of = torch.tensor([wanted.index(int(h)) for h in h_idx] if wanted else [0] * len(ids), device=dev)
-            logits = logits[row_of].flatten(0, 1)
-        else:
-            logits = suffix_sweep(runner, _slice(base, a, b), site, layer, src, positions, cols)  # (P, H, B, k)
-            logits = logits[p_idx, h_idx].flatten(0, 1)  # (patch x example, k)
+    def write(ids: list[int], logits: torch.Tensor, a: int, b: int) -> None:
+        """The metric of ``logits`` (patch x example, k), rows ``ids`` x examples a..b, into ``values``."""
         ex = torch.arange(a, b, device=dev).repeat(len(ids))
         vals = metric_of(metric, logits, columns is not None, answer[ex], wrong[ex], clean_logprobs[ex])
         check_nan(vals, [i for i in ids for _ in range(b - a)], ex.tolist())
         rows = torch.tensor(ids, device=dev)[:, None]
         values[rows, torch.arange(a, b, device=dev)[None]] = vals.reshape(len(ids), b - a).to(values.dtype)
 
+    def sliced(layer: int, a: int, b: int) -> torch.Tensor:
+        src = sources[layer]
+        return src if src.shape[0] == 1 else src[a:b]
+
+    if plan.pos is None:  # whole-sequence patches: every layer's rows in one staggered run per chunk
+        heads = {lay: sorted({plan.head[i] for i in ids}) if site == "head_out" else [0] for lay, ids in by_layer_list}
+
+        def run_whole(segment: int, a: int, b: int) -> None:
+            cols = None if columns is None else columns[a:b]
+            out = suffix_whole(
+                runner, _slice(base, a, b), site, {lay: sliced(lay, a, b) for lay in by_layer}, cols, heads
+            )
+            for lay, ids in by_layer_list:
+                row_of = [heads[lay].index(plan.head[i] if site == "head_out" else 0) for i in ids]
+                write(ids, out[lay][torch.tensor(row_of, device=dev)].flatten(0, 1), a, b)
+
+        per_example = sum(len(h) for h in heads.values())
+        return sweep([n_examples], run_whole, batch_size=max(1, batch_rows // per_example), group=group)
+
+    positions = sorted(set(plan.pos))
+    pos_index = {p: i for i, p in enumerate(positions)}
+
+    def run(segment: int, a: int, b: int) -> None:
+        layer, ids = by_layer_list[segment]
+        p_idx = torch.tensor([pos_index[plan.pos[i]] for i in ids], device=dev)
+        h_idx = torch.tensor([plan.head[i] if plan.head is not None else 0 for i in ids], device=dev)
+        cols = None if columns is None else columns[a:b]
+        logits = suffix_sweep(runner, _slice(base, a, b), site, layer, sliced(layer, a, b), positions, cols)
+        write(ids, logits[p_idx, h_idx].flatten(0, 1), a, b)  # (P, H, B, k) -> (patch x example, k)
+
     # a chunk is a block of examples: every patch of one layer, all positions, for those examples
-    return sweep([n_examples] * len(by_layer_list), run, batch_size=max(1, batch_rows // heads), group=group)
+    n_heads = model.cfg.n_heads if site == "head_out" else 1
+    return sweep([n_examples] * len(by_layer_list), run, batch_size=max(1, batch_rows // n_heads), group=group)
 
 
 def suffix_sweep(
@@ -242,37 +257,45 @@ def suffix_whole(
     runner: SuffixRunner,
     base: BaseRun,
     site: str,
-    layer: int,
-    source: torch.Tensor,
+    sources: dict[int, torch.Tensor],
     columns: torch.Tensor | None = None,
-    heads: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Logits ``(head, batch, k)`` of patching ``site`` of ``layer`` at every position at once.
+    heads: dict[int, list[int]] | None = None,
+) -> dict[int, torch.Tensor]:
+    """Logits ``{layer: (head, batch, k)}`` of patching ``site`` of each layer at every position at once.
 
-    ``source`` as for :func:`suffix_sweep` (positions past the base run's last answer position
-    are ignored: they change nothing the metric reads). For ``head_out`` row i of the head axis
-    patches head ``heads[i]`` alone (default: every head); other sites have a head axis of length 1.
+    ``sources[layer]`` as ``source`` of :func:`suffix_sweep` (positions past the base run's last
+    answer position are ignored: they change nothing the metric reads). For ``head_out`` row i
+    of a layer's head axis patches head ``heads[layer][i]`` alone (default: every head); other
+    sites have a head axis of length 1. All layers' rows share one staggered run: each enters at
+    the block after its patch and is batched with the rows already running.
     """
     import torch
 
     if site not in SUFFIX_SITES:
         raise SuffixUnsupported(f"suffix sweeps cover {SUFFIX_SITES}, not {site!r}")
     n, batch, dev = base.n_pos, base.resid_pre[0].shape[0], base.resid_pre[0].device
-    if site == "head_out":
-        heads = list(range(runner.n_heads)) if heads is None else list(heads)
-    else:
-        heads = [0]
-    ex = torch.arange(batch, device=dev).repeat(len(heads))  # rows are (head, example)
+    entries = []  # (first block, stream, example of each row), in block order
     with torch.inference_mode():
-        value = source.to(dev).expand(batch, *source.shape[1:])[ex, :n]
-        if site == "head_out":
-            head = torch.tensor(heads, device=dev).repeat_interleave(batch)
-            own = head[:, None] == torch.arange(runner.n_heads, device=dev)[None]
-            value = torch.where(own[:, None, :, None], value, base.z[layer][ex])  # (rows, pos, head, d_head)
-        x = entering(runner, site, layer, value, base.resid_pre[layer][ex], base.resid_mid[layer][ex])
-        cols = None if columns is None else columns.to(dev)[ex]
-        logits = runner.run(base, first_block(site, layer), "pre", x, 0, ex, cols)
-    return logits.unflatten(0, (len(heads), batch))
+        for layer in sorted(sources, key=lambda lay: first_block(site, lay)):
+            chosen = (heads or {}).get(layer) or list(range(runner.n_heads)) if site == "head_out" else [0]
+            ex = torch.arange(batch, device=dev).repeat(len(chosen))  # rows are (head, example)
+            source = sources[layer]
+            value = source.to(dev).expand(batch, *source.shape[1:])[ex, :n]
+            if site == "head_out":
+                head = torch.tensor(chosen, device=dev).repeat_interleave(batch)
+                own = head[:, None] == torch.arange(runner.n_heads, device=dev)[None]
+                value = torch.where(own[:, None, :, None], value, base.z[layer][ex])  # (rows, pos, head, d_head)
+            stream = entering(runner, site, layer, value, base.resid_pre[layer][ex], base.resid_mid[layer][ex])
+            entries.append((first_block(site, layer), stream, ex, layer, len(chosen)))
+        ex_all = torch.cat([e[2] for e in entries])
+        cols = None if columns is None else columns.to(dev)[ex_all]
+        first, *rest = entries
+        logits = runner.run(base, first[0], "pre", first[1], 0, first[2], cols, joins=[e[:3] for e in rest])
+    out, at = {}, 0
+    for _, _, ex, layer, n_rows in entries:
+        out[layer] = logits[at : at + len(ex)].unflatten(0, (n_rows, batch))
+        at += len(ex)
+    return out
 
 
 _WORK_PER_RUN = 2**27  # multiply-adds per block per suffix run below which runs are merged (overhead-bound)
