@@ -138,7 +138,7 @@ def test_hooks_never_outlive_a_failing_call(tiny_llama, monkeypatch, error):
 
     monkeypatch.setattr(api, "masked_patch_hook", raising)
     with pytest.raises(error):
-        ik.patch(tiny_llama, task, site="head_out")
+        ik.patch(tiny_llama, task, site="head_q")  # a hook-engine site (head_out runs hook-free)
     assert active_hook_count(tiny_llama) == 0
     with pytest.raises(error):
         ablate(tiny_llama, task, ["L1H0"], "zero")
@@ -150,7 +150,7 @@ def test_hooks_never_outlive_a_failing_call(tiny_llama, monkeypatch, error):
 
     monkeypatch.setattr(rows, "get_metric", lambda name: bad_metric)
     with pytest.raises(error):
-        ik.patch(tiny_llama, task, site="resid_pre")
+        ik.patch(tiny_llama, task, site="head_q")
     assert active_hook_count(tiny_llama) == 0
     import interpkit.patching._path as path
 
@@ -186,7 +186,8 @@ def test_interrupted_cli_leaves_nothing_that_looks_complete(tmp_path, mode):
     from interpkit.cli import main
 
     out = tmp_path / "out"
-    args = ["patch", "--model", "toy-induction", "--task", "induction", "--n", "4", "--site", "resid_pre"]
+    # head_v: a hook-engine site, whose chunks go through forward_final
+    args = ["patch", "--model", "toy-induction", "--task", "induction", "--n", "4", "--site", "head_v"]
     args += ["--batch-size", "2", "--out", str(out)]
     marker = tmp_path / "marker"
 

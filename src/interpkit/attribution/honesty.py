@@ -9,10 +9,13 @@ with it on that sample. The sample is half the components with the largest estim
 and half a seeded random draw from the rest (a uniform sample of a large graph is almost all
 near-zero edges, whose ranks are noise), and the exact patches run on a seeded subset of
 ``CHECK_EXAMPLES`` (2) examples, compared with the estimate's own per-example values on the same
-examples. The check reuses what the method already ran (the source activations, each sender's
-change) and starts every row at the patched layer, so by default (``check=20``: 40 rows of
-partial forwards) it costs at most about one forward+backward of an 8-prompt task; ``check=0`` turns it
-off, ``check="thorough"`` patches 128 components on 8 examples, and ``check=k`` any k.
+examples. The check reuses what the method already ran (both runs' activations, each sender's
+change) and starts every row after its patch: a whole-sequence node patch runs on the suffix
+forward (from the block after the patched site, every sampled layer's rows batched into one
+staggered run, two answer logits per row), anything else from the patched layer on the hooked
+model. By default (``check=20``: 40 rows of partial forwards) it costs about half a
+forward+backward of an 8-prompt task (``benchmarks/bench_peers.py --jobs honesty``); ``check=0``
+turns it off, ``check="thorough"`` patches 128 components on 8 examples, and ``check=k`` any k.
 
     >>> res = ik.attribute(model, task, method="atp", level="node")     # doctest: +SKIP
     >>> res.extras["check"]["spearman"], res.extras["check"]["n"]       # doctest: +SKIP
