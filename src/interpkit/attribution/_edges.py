@@ -72,8 +72,11 @@ def setup_edges(
     model.check_tokens(task.clean)
     graph = graph or build_graph(model)
     hooks = [*sender_hooks(graph), *extra_hooks] if capture else []
-    base = baseline(model, task, metric, hooks, hooks)  # the two runs, senders captured on the way
     noise = direction == "noise"
+    # the check's exact edges start from the target run's layer inputs: captured on the way too
+    starts = [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)] if capture and n_check else []
+    clean_hooks, corrupt_hooks = ([*hooks, *starts], hooks) if noise else (hooks, [*hooks, *starts])
+    base = baseline(model, task, metric, clean_hooks, corrupt_hooks)  # the two runs, senders captured on the way
     target_acts, source_acts = (
         (base["clean_acts"], base["corrupt_acts"]) if noise else (base["corrupt_acts"], base["clean_acts"])
     )
@@ -150,9 +153,10 @@ def finish_edges(
         checked = per_example[:, ss, rs].T  # (edges, examples)
         ex = torch.tensor(run.examples, device=model.device)
         delta = None if run.delta is None else run.delta[ex]
+        target = (run.target_acts, run.base["clean" if run.direction == "noise" else "corrupt"])
         exact = exact_edges(
             model, run.task, graph, pairs, run.direction, run.metric, run.base["clean_logprobs"], run.examples,
-            delta=delta,
+            delta=delta, target_run=target,
         )  # fmt: skip
         extras["check"] = summary(checked.mean(-1), exact.mean(-1), [labels[i] for i in sample], seed, run.examples)
     return Result(

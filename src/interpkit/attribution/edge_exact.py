@@ -101,13 +101,18 @@ def exact_edges(
     *,
     batch_size: int | None = None,
     delta: torch.Tensor | None = None,
+    target_run: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Metric change of patching each edge ``(sender, receiver)`` alone: ``(len(pairs), len(examples))``.
 
     ``delta`` ``(len(examples), pos, n_senders, d_model)``: each sender's change between the runs on
-    those examples, when the caller has it (then only the target run's layer inputs are captured).
+    those examples, when the caller has it (then only the target run's layer inputs are needed).
+    ``target_run``: the caller's target run for every example of ``task``, its activations (with
+    every layer's ``resid_pre``) and its metric per example; else the target run is captured here.
     """
     import torch
+
+    from interpkit.metrics import get as get_metric
 
     sel = list(range(len(task))) if examples is None else list(examples)
     sub = task.subset(sel) if sel != list(range(len(task))) else task
@@ -115,23 +120,28 @@ def exact_edges(
     target, source = (sub.clean, sub.corrupt) if direction == "noise" else (sub.corrupt, sub.clean)
     logprobs = clean_logprobs[torch.tensor(sel, device=clean_logprobs.device)]
     c = model.cfg
-    resid = [f"blocks.{lay}.hook_resid_pre" for lay in range(c.n_layers)]
-    if delta is None:
-        target_acts, target_logits = capture(model, target, [*sender_hooks(graph), *resid])
-        source_acts, _ = capture(model, source, sender_hooks(graph))
-        with torch.inference_mode():
-            delta = sender_outputs(model, graph, source_acts) - sender_outputs(
-                model, graph, target_acts
-            )  # (b, p, S, d)
+    resid = [model.resolve_hook(f"blocks.{lay}.hook_resid_pre") for lay in range(c.n_layers)]
+    reuse = delta is not None and target_run is not None and set(resid) <= set(target_run[0])
+    if reuse:
+        acts, values = target_run
+        index = torch.tensor(sel, device=values.device)
+        target_acts = {h: acts[h][index.to(acts[h].device), : sub.n_pos] for h in resid}
+        base = values[index].to(model.device)
     else:
-        target_acts, target_logits = capture(model, target, resid)
-        delta = delta[:, : sub.n_pos].to(model.device)
-    with torch.inference_mode():
-        rows0 = torch.arange(len(sel), device=model.device)
-        fn_base = target_logits[rows0, sub.answer_pos]
-    from interpkit.metrics import get as get_metric
-
-    base = get_metric(metric)(fn_base, sub.answer, sub.wrong, logprobs)
+        if delta is None:
+            target_acts, target_logits = capture(model, target, [*sender_hooks(graph), *resid])
+            source_acts, _ = capture(model, source, sender_hooks(graph))
+            with torch.inference_mode():
+                delta = sender_outputs(model, graph, source_acts) - sender_outputs(
+                    model, graph, target_acts
+                )  # (b, p, S, d)
+        else:
+            target_acts, target_logits = capture(model, target, resid)
+        with torch.inference_mode():
+            rows0 = torch.arange(len(sel), device=model.device)
+            fn_base = target_logits[rows0, sub.answer_pos]
+        base = get_metric(metric)(fn_base, sub.answer, sub.wrong, logprobs)
+    delta = delta[:, : sub.n_pos].to(model.device)
     out = torch.full((len(pairs), len(sel)), float("nan"), device=model.device)
     mode = receiver_mode(model, AttributionError)
     group_of = {r: g for g in graph.receiver_groups for r in range(g.lo, g.hi)}
