@@ -124,8 +124,10 @@ def setup(
     extra_hooks: Sequence[str] = (),
     check: Any = 0,
     latents: Sequence[int] | None = None,
+    target_hooks: Sequence[str] = (),
 ) -> NodeRun:
-    """Plan the sweep ``ik.patch`` would run and cache the site on both runs (``check`` is validated first)."""
+    """Plan the sweep ``ik.patch`` would run and cache the site on both runs (``check`` is validated first);
+    ``extra_hooks`` on both runs too, ``target_hooks`` on the target run only."""
     check_size(check)
     check_mode(direction, None)
     metric = metric or task.metric
@@ -139,8 +141,8 @@ def setup(
     denoise = direction == "denoise"
     # the check's exact patches start from the target run's residual streams: captured on the way too
     for_check = suffix_hooks(model) if check_size(check)[0] and exact_on_suffix(model, plan) else []
-    target_hooks = [*hooks, *for_check]
-    clean_hooks, corrupt_hooks = (hooks, target_hooks) if denoise else (target_hooks, hooks)
+    on_target = [*hooks, *for_check, *target_hooks]
+    clean_hooks, corrupt_hooks = (hooks, on_target) if denoise else (on_target, hooks)
     base = baseline(model, task, metric, clean_hooks, corrupt_hooks)  # the two runs, the site captured on the way
     target, source = (task.corrupt, task.clean) if denoise else (task.clean, task.corrupt)
     source_acts, target_acts = (

@@ -13,8 +13,8 @@ examples. The check reuses what the method already ran (both runs' activations, 
 change) and starts every row after its patch: a whole-sequence node patch runs on the suffix
 forward (from the block after the patched site, every sampled layer's rows batched into one
 staggered run, two answer logits per row), anything else from the patched layer on the hooked
-model. By default (``check=20``: 40 rows of partial forwards) it costs about half a
-forward+backward of an 8-prompt task (``benchmarks/bench_peers.py --jobs honesty``); ``check=0``
+model. By default (``check=20``: 40 rows of partial forwards) it costs 0.3 (AtP) to 0.7 (EAP) of
+one forward+backward of an 8-prompt task (``benchmarks/bench_peers.py --jobs honesty``); ``check=0``
 turns it off, ``check="thorough"`` patches 128 components on 8 examples, and ``check=k`` any k.
 
     >>> res = ik.attribute(model, task, method="atp", level="node")     # doctest: +SKIP

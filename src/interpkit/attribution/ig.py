@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from interpkit.attribution.atp import AttributionError, finish, grad_rows, linear_estimate, no_gradient, setup
 from interpkit.attribution.honesty import DEFAULT_SAMPLE
 from interpkit.metrics import get as get_metric
-from interpkit.runtime import forward_final, patch_mask, run_chunked
+from interpkit.runtime import SuffixRunner, forward_final, patch_mask, run_chunked, suffix_hooks
 
 if TYPE_CHECKING:
     import torch
@@ -66,9 +66,12 @@ def ig(
     c = model.cfg
     resid = [f"blocks.{lay}.hook_resid_pre" for lay in (range(c.n_layers) if layers is None else layers)]
     resid = [r for r in resid if r in model.bridge.hook_dict]
+    # the suffix forward's base run is the target run's every layer input: captured on the way
+    starts = suffix_hooks(model) if SuffixRunner.check(model) else []
     run = setup(
-        model, task, site, per_position, direction, layers, positions, metric, resid, check=check, latents=latents
-    )
+        model, task, site, per_position, direction, layers, positions, metric, resid, check=check, latents=latents,
+        target_hooks=starts,
+    )  # fmt: skip
     suffix = _suffix(model, run)
     grads: dict[str, torch.Tensor] = {}
     for lay, name in zip(run.layers, run.names, strict=True):
@@ -112,12 +115,12 @@ class _Path:
 
 def _suffix(model: Model, run: Any) -> tuple[Any, Any] | None:
     """The suffix forward and the target's base run, where it implements the site and the model; else None."""
-    from interpkit.runtime import SuffixRunner, suffix_applies, suffix_hooks
+    from interpkit.runtime import suffix_applies
 
     if not suffix_applies(model, run.plan):
         return None
     runner = SuffixRunner(model)
-    captured = set(suffix_hooks(model)) <= set(run.target_acts)  # when the check asked for them
+    captured = set(suffix_hooks(model)) <= set(run.target_acts)
     return runner, runner.capture(run.target, run.task.answer_pos, run.target_acts if captured else None)
 
 
