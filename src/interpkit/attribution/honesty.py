@@ -172,16 +172,7 @@ def exact_nodes(
     import torch
 
     from interpkit.metrics import get as get_metric
-    from interpkit.runtime import (
-        auto_rows,
-        capture,
-        grid_rows,
-        masked_patch_hook,
-        metric_rows,
-        patch_mask,
-        suffix_hooks,
-        suffix_values,
-    )
+    from interpkit.runtime import auto_rows, capture, metric_rows, suffix_hooks, suffix_values
 
     sub = subplan(plan, idx)
     examples = list(range(len(task))) if examples is None else list(examples)
@@ -218,6 +209,22 @@ def exact_nodes(
             )  # fmt: skip
         return values
 
+    segments = _hook_rows(model, sub, len(examples), hook_names, source_acts, target_acts)
+    metric_rows(model, part, segments, values, metric=metric, clean_logprobs=logprobs)
+    return values
+
+
+def _hook_rows(
+    model: Model,
+    sub: Plan,
+    n_examples: int,
+    hook_names: dict[int, str],
+    source_acts: dict[str, torch.Tensor],
+    target_acts: dict[str, torch.Tensor],
+) -> list[Any]:
+    """The hook engine's rows of ``sub``: per layer, each (patch, example) from that layer's ``resid_pre``."""
+    from interpkit.runtime import grid_rows, masked_patch_hook, patch_mask
+
     def segment(lay: int) -> Any:
         ids = [i for i, pl in enumerate(sub.layer) if pl == lay]
         src = source_acts[hook_names[lay]]
@@ -229,11 +236,10 @@ def exact_nodes(
             )
             return [(hook_names[lay], patch)]
 
-        rows = grid_rows(lay, ids, len(examples), target_acts[resid_names[lay]], hooks)
+        rows = grid_rows(lay, ids, n_examples, target_acts[model.resolve_hook(f"blocks.{lay}.hook_resid_pre")], hooks)
         return rows
 
-    metric_rows(model, part, [segment(lay) for lay in layers], values, metric=metric, clean_logprobs=logprobs)
-    return values
+    return [segment(lay) for lay in sorted(hook_names)]
 
 
 def exact_on_suffix(model: Model, plan: Plan) -> bool:
