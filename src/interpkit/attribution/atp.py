@@ -127,7 +127,7 @@ def setup(
     target_hooks: Sequence[str] = (),
 ) -> NodeRun:
     """Plan the sweep ``ik.patch`` would run and cache the site on both runs (``check`` is validated first);
-    ``extra_hooks`` on both runs too, ``target_hooks`` on the target run only."""
+    ``extra_hooks`` on both runs too (AtP*'s queries and keys), ``target_hooks`` on the target run only."""
     check_size(check)
     check_mode(direction, None)
     metric = metric or task.metric

@@ -66,11 +66,12 @@ def ig(
     c = model.cfg
     resid = [f"blocks.{lay}.hook_resid_pre" for lay in (range(c.n_layers) if layers is None else layers)]
     resid = [r for r in resid if r in model.bridge.hook_dict]
-    # the suffix forward's base run is the target run's every layer input: captured on the way
+    # the rows start from the target run alone: its layer inputs (and, for the suffix forward, its
+    # base run's every layer input) are captured on the way
     starts = suffix_hooks(model) if SuffixRunner.check(model) else []
     run = setup(
-        model, task, site, per_position, direction, layers, positions, metric, resid, check=check, latents=latents,
-        target_hooks=starts,
+        model, task, site, per_position, direction, layers, positions, metric, check=check, latents=latents,
+        target_hooks=[*resid, *starts],
     )  # fmt: skip
     suffix = _suffix(model, run)
     grads: dict[str, torch.Tensor] = {}
@@ -105,12 +106,12 @@ class _Path:
         return torch.arange(self.n).repeat(self.steps), alphas.repeat_interleave(self.n)
 
     def point(self, ex: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """The activations at ``alpha`` along the path for examples ``ex``: a fresh leaf that requires grad."""
+        """The activations at ``alpha`` along the path for examples ``ex`` (detached: the caller's leaf)."""
         import torch
 
         t, s = self.t[ex.to(self.t.device)], self.s[ex.to(self.s.device)]
         a = alpha.view(-1, *[1] * (t.ndim - 1)).to(t.device, t.dtype)
-        return torch.where(self.mask, t + a * (s - t), t).detach().requires_grad_(True)
+        return torch.where(self.mask, t + a * (s - t), t).detach()
 
 
 def _suffix(model: Model, run: Any) -> tuple[Any, Any] | None:
@@ -120,8 +121,7 @@ def _suffix(model: Model, run: Any) -> tuple[Any, Any] | None:
     if not suffix_applies(model, run.plan):
         return None
     runner = SuffixRunner(model)
-    captured = set(suffix_hooks(model)) <= set(run.target_acts)
-    return runner, runner.capture(run.target, run.task.answer_pos, run.target_acts if captured else None)
+    return runner, runner.capture(None, run.task.answer_pos, run.target_acts)  # captured by setup (ig's starts)
 
 
 def _suffix_grads(run: Any, lay: int, path: _Path, runner: Any, base: Any) -> torch.Tensor:
@@ -140,7 +140,7 @@ def _suffix_grads(run: Any, lay: int, path: _Path, runner: Any, base: Any) -> to
 
     def chunk(lo: int, hi: int) -> torch.Tensor:
         ex = example[lo:hi].to(model.device)
-        point = path.point(ex, alpha[lo:hi])[:, :width].detach().requires_grad_(True)
+        point = path.point(ex, alpha[lo:hi])[:, :width].requires_grad_(True)
         with torch.enable_grad():
             x = entering(runner, site, lay, point, base.resid_pre[lay][ex], base.resid_mid[lay][ex])
             cols = None if columns is None else columns[ex]
@@ -168,7 +168,7 @@ def _hook_grads(model: Model, run: Any, lay: int, name: str, path: _Path) -> tor
 
     def chunk(lo: int, hi: int) -> torch.Tensor:
         ex = example[lo:hi].to(model.device)
-        point = path.point(ex, alpha[lo:hi])
+        point = path.point(ex, alpha[lo:hi]).requires_grad_(True)
         with torch.enable_grad():
             patch = [(name, lambda act, hook: point.to(act.device))]
             final = forward_final(model, start[ex.to(start.device)], lay, task.answer_pos[ex], patch)

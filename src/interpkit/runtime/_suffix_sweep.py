@@ -99,8 +99,9 @@ def suffix_values(
     """Write the metric of every (patch, example) of ``plan`` into ``values`` ``(patch, example)``.
 
     ``sources[layer]`` is the source activation at the plan's hook of that layer (batch or 1 rows);
-    ``target_acts`` the run patched into, captured at :func:`suffix_hooks`. Examples go in chunks of ``batch_rows // heads`` rows
-    per position (halved on out-of-memory, finished chunks kept); under a ``group`` the chunks are
+    ``target_acts`` the run patched into, captured at :func:`suffix_hooks`. Examples go in chunks of
+    about ``batch_rows`` rows: per position, a chunk is one layer's heads at every position; whole-sequence,
+    every layer's patches in one staggered run (halved on out-of-memory, finished chunks kept); under a ``group`` the chunks are
     shared between ranks like the hook engine's (each rank fills its rows; the caller combines).
     Returns the Batcher used.
     """
